@@ -1,0 +1,3 @@
+from spotguard.cli import main
+
+raise SystemExit(main())

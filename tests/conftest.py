@@ -1,0 +1,19 @@
+"""Test-wide set-up: the loopback-only network guard, for this process and every child."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+_GUARD_DIR = Path(__file__).parent / "netguard"
+sys.path.insert(0, str(_GUARD_DIR))
+import tests_netguard  # noqa: E402
+
+tests_netguard.install()
+# Child processes (the simulators, the real `spotguard` commands) load it through sitecustomize.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(_GUARD_DIR), os.environ.get("PYTHONPATH", "")) if p
+)
+# Proxies must never be used for loopback traffic (and IMDS must bypass proxies anyway).
+os.environ.setdefault("NO_PROXY", "127.0.0.1,localhost")
