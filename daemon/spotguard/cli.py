@@ -1,0 +1,162 @@
+"""Command line: ``spotguard watch | simulate-imds | simulate-cluster | demo``.
+
+Parses arguments and settings, configures logging, and hands over to the composition root
+(``app.py``) or a simulator. Invalid settings end here with exit code 2 and one line per key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from spotguard import __version__
+from spotguard.config import Settings, load_settings, unknown_environment_keys
+from spotguard.errors import ConfigError
+from spotguard.observability.logging import configure_logging, get_logger
+
+EXIT_CONFIG = 2
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML settings file (environment wins)")
+    parser.add_argument(
+        "--log-format", choices=["json", "console"], help="override SPOTGUARD_LOG_FORMAT"
+    )
+    parser.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="log level"
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    environ = dict(os.environ)
+    # Flags are the most specific source: they win over environment and file.
+    if args.log_format:
+        environ["SPOTGUARD_LOG_FORMAT"] = args.log_format
+    if args.log_level:
+        environ["SPOTGUARD_LOG_LEVEL"] = args.log_level
+    return load_settings(args.config, environ)
+
+
+def _start(args: argparse.Namespace) -> Settings:
+    settings = _settings(args)
+    configure_logging(fmt=settings.log_format.value, level=settings.log_level.value)
+    log = get_logger()
+    log.info("settings", version=__version__, command=args.command, **settings.effective())
+    for key in unknown_environment_keys(os.environ):
+        log.warning("unknown_setting_ignored", key=key, hint="not a spotguard setting")
+    return settings
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from spotguard.app import watch
+
+    settings = _start(args)
+    return asyncio.run(watch(settings, out=sys.stdout))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from spotguard.demo import run_demo
+
+    settings = _start(args)
+    return asyncio.run(run_demo(settings, out=sys.stdout, speedup=args.speedup))
+
+
+def _sim(module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        try:
+            mod = importlib.import_module(f"spotguard.sim.{module}")
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            print(
+                f"spotguard: the simulators need the 'sim' extra "
+                f"(pip install 'spotguard[sim]'): {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
+        result: int = mod.main(args)
+        return result
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spotguard",
+        description="Deadline-aware handling of Azure spot preemption notices on AKS.",
+    )
+    parser.add_argument("--version", action="version", version=f"spotguard {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    watch = sub.add_parser(
+        "watch",
+        help="poll IMDS and print one JSON line per change of this VM's scheduled events",
+        description="Needs no Kubernetes. Reads SPOTGUARD_IMDS_URL and the other settings.",
+    )
+    _add_common(watch)
+    watch.set_defaults(func=_cmd_watch)
+
+    demo = sub.add_parser(
+        "demo", help="run the IMDS simulator with a scripted Preempt and watch it"
+    )
+    _add_common(demo)
+    demo.add_argument("--speedup", type=float, default=1.0, help="shorten the scenario's durations")
+    demo.set_defaults(func=_cmd_demo)
+
+    # --- simulators (the `sim` extra); their modules are imported only when run ----------
+    sim_imds = sub.add_parser(
+        "simulate-imds", help="serve a faithful Azure IMDS simulator on 127.0.0.1"
+    )
+    sim_imds.add_argument(
+        "--port",
+        type=int,
+        action="append",
+        required=True,
+        help="port of one VM's IMDS; repeat for several VMs of one scale set (0 = any free)",
+    )
+    sim_imds.add_argument(
+        "--vm",
+        action="append",
+        help="VM name served on the matching --port (default aks-spot-12345678-vmss_<n>)",
+    )
+    sim_imds.add_argument("--host", default="127.0.0.1", help="listen address")
+    sim_imds.add_argument("--scenario", help="scripted scenario to play (see --list-scenarios)")
+    sim_imds.add_argument("--list-scenarios", action="store_true", help="list scenarios, exit")
+    sim_imds.add_argument(
+        "--speedup", type=float, default=1.0, help="shorten scenario durations (not NotBefore)"
+    )
+    sim_imds.add_argument(
+        "--enablement",
+        type=float,
+        default=0.0,
+        help="answer 410 Gone for this many seconds after the first request",
+    )
+    sim_imds.set_defaults(func=_sim("imds"))
+
+    sim_cluster = sub.add_parser(
+        "simulate-cluster", help="serve an emulated Kubernetes API server on 127.0.0.1"
+    )
+    sim_cluster.add_argument("--port", type=int, default=0, help="listen port (0 = any free)")
+    sim_cluster.add_argument(
+        "--kubeconfig", type=Path, required=True, help="write a kubeconfig for it here"
+    )
+    sim_cluster.add_argument("--scenario", default="empty", help="objects to start with")
+    sim_cluster.set_defaults(func=_sim("cluster"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(f"spotguard: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+    return result
