@@ -33,6 +33,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> Settings:
     environ = dict(os.environ)
+    if args.command == "demo":
+        # The demo is read by people: console logs, and only what goes wrong.
+        environ.setdefault("SPOTGUARD_LOG_FORMAT", "console")
+        environ.setdefault("SPOTGUARD_LOG_LEVEL", "warning")
     # Flags are the most specific source: they win over environment and file.
     if args.log_format:
         environ["SPOTGUARD_LOG_FORMAT"] = args.log_format
@@ -62,7 +66,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from spotguard.demo import run_demo
 
     settings = _start(args)
-    return asyncio.run(run_demo(settings, out=sys.stdout, speedup=args.speedup))
+    return asyncio.run(run_demo(settings, out=sys.stdout, speedup=args.speedup, notice=args.notice))
 
 
 def _sim(module: str) -> Callable[[argparse.Namespace], int]:
@@ -105,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(demo)
     demo.add_argument("--speedup", type=float, default=1.0, help="shorten the scenario's durations")
+    demo.add_argument(
+        "--notice", type=float, default=30.0, help="seconds of notice the Preempt gives"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     # --- simulators (the `sim` extra); their modules are imported only when run ----------
@@ -115,7 +122,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--port",
         type=int,
         action="append",
-        required=True,
         help="port of one VM's IMDS; repeat for several VMs of one scale set (0 = any free)",
     )
     sim_imds.add_argument(
@@ -134,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="answer 410 Gone for this many seconds after the first request",
+    )
+    sim_imds.add_argument(
+        "--notice",
+        type=float,
+        help="override the scenario's notice: seconds until NotBefore (real time)",
+    )
+    sim_imds.add_argument(
+        "--log-format", choices=["json", "console"], default="json", help="stderr log format"
+    )
+    sim_imds.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
     )
     sim_imds.set_defaults(func=_sim("imds"))
 
