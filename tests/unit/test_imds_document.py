@@ -154,13 +154,18 @@ def test_missing_fields_and_non_objects_and_duplicates() -> None:
     parsed = parse_document(json.dumps(doc).encode())
     assert [e.event_id for e in parsed.events] == ["good"]
     reasons = sorted(r.reason for r in parsed.rejected)
-    assert reasons == ["EventType must be a string, got NoneType", "duplicate EventId", "event is a str"]
+    assert reasons == [
+        "EventType must be a string, got NoneType",
+        "duplicate EventId",
+        "event is a str",
+    ]
 
 
 _json = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=20,
 )
 _entry = st.fixed_dictionaries(
@@ -202,7 +207,9 @@ def test_fuzz_structured_documents_never_crash(doc: object) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2048))
 def test_fuzz_arbitrary_bytes_never_crash(raw: bytes) -> None:
+    outcome = "ok"
     try:
         parse_document(raw)
     except InvalidDocument as exc:
-        assert exc.outcome == "invalid_document"
+        outcome = exc.outcome
+    assert outcome in {"ok", "invalid_document"}

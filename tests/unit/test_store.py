@@ -85,7 +85,8 @@ def test_started_then_gone_is_completion() -> None:
     assert updated.notice.not_before is None
     assert updated.notice.deadline == later  # it is happening now
     assert updated.notice.first_seen == T0
-    assert updated.previous is not None and updated.previous.status is Status.SCHEDULED
+    assert updated.previous is not None
+    assert updated.previous.status is Status.SCHEDULED
     (gone,) = s.apply(doc(3), later + timedelta(seconds=1))
     assert (gone.change, gone.cancelled, gone.notice.status) == (
         ChangeType.GONE,
@@ -143,3 +144,13 @@ def test_event_that_stops_listing_us_is_gone() -> None:
     s.apply(doc(1, event("a")), T0)
     (gone,) = s.apply(doc(2, event("a", resources=("someone-else_1",))), T0)
     assert gone.change is ChangeType.GONE
+
+
+def test_vanished_after_not_before_completed_unseen() -> None:
+    # Started for less than a poll interval: we only ever saw it Scheduled.
+    s = store()
+    s.apply(doc(1, event()), T0)
+    (gone,) = s.apply(doc(2), T0 + timedelta(seconds=31))
+    assert gone.change is ChangeType.GONE
+    assert gone.cancelled is False
+    assert gone.notice.status is Status.SCHEDULED

@@ -2,7 +2,8 @@
 
 It turns successive IMDS documents into changes for this VM. Events for other VMs are ignored.
 An unchanged ``DocumentIncarnation`` means unchanged content and is skipped. An event that
-vanishes while Scheduled was cancelled by Azure; one that vanishes after Started has completed.
+vanishes while Scheduled and before its ``NotBefore`` was cancelled by Azure; one that vanishes
+after Started (or after its ``NotBefore``, when Started was too short to be seen) has completed.
 An entry IMDS sent but that could not be read is neither acted on nor taken as gone.
 """
 
@@ -60,7 +61,11 @@ class NoticeStore:
                 # Still announced, or possibly hidden in an entry we could not read: keep it.
                 continue
             previous = self._active.pop(event_id)
-            cancelled = previous.status is Status.SCHEDULED
+            # Azure starts an event at NotBefore at the latest; one that vanishes after that
+            # ran its course between two polls (a short Started phase), it was not cancelled.
+            cancelled = previous.status is Status.SCHEDULED and (
+                previous.not_before is None or seen_at < previous.not_before
+            )
             gone = replace(previous, status=Status.CANCELLED) if cancelled else previous
             changes.append(
                 NoticeChange(ChangeType.GONE, gone, previous=previous, cancelled=cancelled)

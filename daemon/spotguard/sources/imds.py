@@ -28,6 +28,7 @@ from spotguard.errors import (
     ImdsUnavailable,
     InvalidDocument,
 )
+from spotguard.httpio import BodyTooLarge, read_capped
 from spotguard.model import ScheduledEventsDocument
 from spotguard.observability.metrics import Metrics
 from spotguard.sources.identity import vm_name_from_compute
@@ -132,7 +133,10 @@ class ImdsClient:
                 allow_redirects=False,
                 proxy=None,
             ) as response:
-                payload = await self._read_capped(response)
+                try:
+                    payload = await read_capped(response, MAX_DOCUMENT_BYTES)
+                except BodyTooLarge as exc:
+                    raise InvalidDocument(str(exc)) from None
                 if response.status != 200:
                     raise ImdsHttpError(
                         response.status,
@@ -152,15 +156,6 @@ class ImdsClient:
         finally:
             self._metrics.imds_requests.labels(outcome=outcome).inc()
             self._metrics.imds_request_duration.observe(loop.time() - started)
-
-    @staticmethod
-    async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
-        body = bytearray()
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > MAX_DOCUMENT_BYTES:
-                raise InvalidDocument(f"answer larger than {MAX_DOCUMENT_BYTES} bytes")
-        return bytes(body)
 
     async def scheduled_events(self, *, timeout: float | None = None) -> ScheduledEventsDocument:
         return await self._request(
@@ -286,7 +281,10 @@ class ImdsPoller:
         delay = self._rng.uniform(self._interval, ceiling)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self._max_backoff))
-        self._log.warning(
+        # During an outage one line per poll would bury everything else: say it on the first
+        # failure and then every tenth; each is counted in the metrics regardless.
+        emit = self._log.warning if self._failures % 10 == 1 else self._log.debug
+        emit(
             "imds_request_failed",
             outcome=exc.outcome,
             error=str(exc),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from spotguard.errors import InvalidDocument
@@ -54,8 +54,8 @@ def parse_not_before(value: str) -> datetime | None:
 
 
 def format_not_before(moment: datetime) -> str:
-    """The inverse of ``parse_not_before``, as IMDS writes it."""
-    return moment.astimezone(UTC).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    """The inverse of ``parse_not_before``, as IMDS writes it (English names, any locale)."""
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
 def _str_field(entry: Mapping[str, Any], name: str, *, required: bool = True) -> str:

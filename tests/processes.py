@@ -1,0 +1,59 @@
+"""Start spotguard commands as real child processes and read their JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+
+class Child:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    async def line(self, timeout: float) -> dict[str, Any]:
+        """The next JSON line on stdout; TimeoutError if none comes in time."""
+        assert self.proc.stdout is not None
+        raw = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
+        if not raw:
+            raise EOFError(f"child exited with {await self.proc.wait()}")
+        data: dict[str, Any] = json.loads(raw)
+        return data
+
+    async def no_line(self, seconds: float) -> None:
+        """Assert that nothing is printed for ``seconds``."""
+        with contextlib.suppress(TimeoutError):
+            line = await self.line(seconds)
+            raise AssertionError(f"unexpected output: {line}")
+
+
+@asynccontextmanager
+async def spotguard(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[Child]:
+    """``python -m spotguard <args>`` with the test environment plus ``env``."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "spotguard",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    stderr = asyncio.create_task(proc.stderr.read()) if proc.stderr else None
+    try:
+        yield Child(proc)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if stderr is not None:
+            await stderr
