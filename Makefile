@@ -26,8 +26,8 @@ demo: setup
 	$(VENV)/bin/spotguard demo
 
 lint: setup
-	$(VENV)/bin/ruff check daemon tests
-	$(VENV)/bin/ruff format --check daemon tests
+	$(VENV)/bin/ruff check daemon tests bench
+	$(VENV)/bin/ruff format --check daemon tests bench
 
 typecheck: setup
 	$(VENV)/bin/mypy
