@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import copy
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from spotguard.clock import Clock
 from spotguard.sim.kube_disruption import compute_status, controller_of, pdb_selects, terminating
 from spotguard.sim.kube_resources import Catalogue, ResourceType
+from spotguard.sim.kube_selectors import from_label_selector_object, labels_match
 from spotguard.sim.kube_settings import (
     READY_AFTER_ANNOTATION,
     STOP_AFTER_ANNOTATION,
@@ -144,11 +145,14 @@ class ClusterControllers:
                 self._pod_changed(change)
             elif rtype is self.nodes and _scheduling_relevant(change):
                 self._node_changed(change)
-        if self._settings.disruption_controller and (
-            (rtype is self.pods and _disruption_relevant(change))
-            or rtype is self.pdbs
-            or rtype in self._scaled
-        ):
+        if not self._settings.disruption_controller:
+            return
+        if rtype is self.pods and _disruption_relevant(change):
+            # Only the budgets that select this pod can change: a drain evicts a hundred pods,
+            # and recomputing every budget of the namespace for each made evictions O(pods²).
+            touched = [change.new.obj] + ([change.old.obj] if change.old is not None else [])
+            self.sync_budgets(change.new.namespace, touching=touched)
+        elif rtype is self.pdbs or rtype in self._scaled:
             self.sync_budgets(change.new.namespace)
 
     # --- kubelet + ReplicaSet -------------------------------------------------------------
@@ -322,18 +326,25 @@ class ClusterControllers:
 
     # --- disruption controller ------------------------------------------------------------
 
-    def sync_budgets(self, namespace: str) -> None:
-        budgets = list(self._store.items(self.pdbs, namespace))
+    def sync_budgets(self, namespace: str, *, touching: Sequence[Mapping[str, Any]] = ()) -> None:
+        """Recompute the status of the namespace's budgets (only those selecting ``touching``,
+        when given)."""
+        budgets = [b for b in self._store.items(self.pdbs, namespace) if not terminating(b.obj)]
+        if touching:
+            budgets = [b for b in budgets if any(pdb_selects(b.obj, p) for p in touching)]
         if not budgets:
             return
         pods = [p.obj for p in self._store.items(self.pods, namespace)]
         now = self._clock.now()
         for pdb in budgets:
-            if terminating(pdb.obj):
-                continue
+            selector = from_label_selector_object((pdb.obj.get("spec") or {}).get("selector"))
             status = compute_status(
                 pdb.obj,
-                [p for p in pods if pdb_selects(pdb.obj, p)],
+                [
+                    p
+                    for p in pods
+                    if labels_match(selector, (p.get("metadata") or {}).get("labels"))
+                ],
                 self._scale_of,
                 now=k8s_time(now),
                 now_s=now.timestamp(),
