@@ -168,7 +168,8 @@ async def test_conflicting_taint_writers_lose_nothing(
                 )
                 return
             except KubeError as exc:
-                assert exc.status == 409
+                if exc.status != 409:
+                    raise
                 await asyncio.sleep(0)
         raise AssertionError("other actor never got through")
 

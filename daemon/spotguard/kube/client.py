@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,7 +175,7 @@ class KubeClient:
         *,
         query: Mapping[str, str | int | bool],
         timeout_seconds: int,
-    ) -> AsyncIterator[WatchEvent]:
+    ) -> AsyncGenerator[WatchEvent, None]:
         """Stream a watch until the server ends it (``timeoutSeconds``) or it fails.
 
         Lines that are not valid watch events end the stream with ``KubeError``; the caller
