@@ -32,7 +32,7 @@ _SPOT_TOLERATION = {
 }
 
 
-def _node(name: str, pool: str, index: int, *, spot: bool, ip: str) -> dict[str, Any]:
+def node_object(name: str, pool: str, index: int, *, spot: bool, ip: str) -> dict[str, Any]:
     vmss = name.rsplit("vmss", 1)[0] + "vmss"
     labels = {
         "agentpool": pool,
@@ -108,7 +108,7 @@ def _node(name: str, pool: str, index: int, *, spot: bool, ip: str) -> dict[str,
     }
 
 
-def _owner(kind: str, name: str, api_version: str = "apps/v1") -> dict[str, Any]:
+def owner_ref(kind: str, name: str, api_version: str = "apps/v1") -> dict[str, Any]:
     return {
         "apiVersion": api_version,
         "kind": kind,
@@ -119,7 +119,7 @@ def _owner(kind: str, name: str, api_version: str = "apps/v1") -> dict[str, Any]
     }
 
 
-def _pod(
+def pod_object(
     namespace: str,
     name: str,
     node: str,
@@ -184,7 +184,7 @@ def _pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": status}
 
 
-def _workload(
+def workload_object(
     kind: str, namespace: str, name: str, labels: Mapping[str, str], **spec: Any
 ) -> dict[str, Any]:
     template = {
@@ -217,56 +217,56 @@ def empty() -> list[dict[str, Any]]:
 
 def spot_node() -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = [
-        _node(SPOT_NODE, "spot", 0, spot=True, ip="10.224.0.5"),
-        _node(SPARE_SPOT_NODE, "spot", 1, spot=True, ip="10.224.0.6"),
-        _node(SYSTEM_NODE, "system", 2, spot=False, ip="10.224.0.4"),
+        node_object(SPOT_NODE, "spot", 0, spot=True, ip="10.224.0.5"),
+        node_object(SPARE_SPOT_NODE, "spot", 1, spot=True, ip="10.224.0.6"),
+        node_object(SYSTEM_NODE, "system", 2, spot=False, ip="10.224.0.4"),
     ]
     # DaemonSets, with their pods on every node they select.
     proxy_labels = {"component": "kube-proxy", "tier": "node"}
     agent_labels = {"app.kubernetes.io/name": "spotguard"}
-    objects.append(_workload("DaemonSet", "kube-system", "kube-proxy", proxy_labels))
-    objects.append(_workload("DaemonSet", "spotguard", "spotguard-agent", agent_labels))
+    objects.append(workload_object("DaemonSet", "kube-system", "kube-proxy", proxy_labels))
+    objects.append(workload_object("DaemonSet", "spotguard", "spotguard-agent", agent_labels))
     any_taint = [{"operator": "Exists"}]
     for i, node in enumerate((SPOT_NODE, SPARE_SPOT_NODE, SYSTEM_NODE)):
         objects.append(
-            _pod(
+            pod_object(
                 "kube-system",
                 f"kube-proxy-{'abc'[i]}x7k2",
                 node,
                 f"10.224.0.{5 + i}",
                 labels=proxy_labels,
-                owner=_owner("DaemonSet", "kube-proxy"),
+                owner=owner_ref("DaemonSet", "kube-proxy"),
                 tolerations=any_taint,
                 grace=1,
             )
         )
     for i, node in enumerate((SPOT_NODE, SPARE_SPOT_NODE)):
         objects.append(
-            _pod(
+            pod_object(
                 "spotguard",
                 f"spotguard-agent-{'ab'[i]}9q4m",
                 node,
                 f"10.244.{i}.2",
                 labels=agent_labels,
-                owner=_owner("DaemonSet", "spotguard-agent"),
+                owner=owner_ref("DaemonSet", "spotguard-agent"),
                 tolerations=any_taint,
             )
         )
     # A Deployment of three replicas behind a PDB that allows one disruption at a time.
     web_labels = {"app": "web", "pod-template-hash": "7d9f8c6b5d"}
-    deployment = _workload("Deployment", "shop", "web", {"app": "web"}, replicas=3)
-    replicaset = _workload("ReplicaSet", "shop", "web-7d9f8c6b5d", web_labels, replicas=3)
-    replicaset["metadata"]["ownerReferences"] = [_owner("Deployment", "web")]
+    deployment = workload_object("Deployment", "shop", "web", {"app": "web"}, replicas=3)
+    replicaset = workload_object("ReplicaSet", "shop", "web-7d9f8c6b5d", web_labels, replicas=3)
+    replicaset["metadata"]["ownerReferences"] = [owner_ref("Deployment", "web")]
     objects += [deployment, replicaset]
     for i, suffix in enumerate(("hx2lq", "k8f4w", "p9t6z")):
         objects.append(
-            _pod(
+            pod_object(
                 "shop",
                 f"web-7d9f8c6b5d-{suffix}",
                 SPOT_NODE,
                 f"10.244.0.{10 + i}",
                 labels=web_labels,
-                owner=_owner("ReplicaSet", "web-7d9f8c6b5d"),
+                owner=owner_ref("ReplicaSet", "web-7d9f8c6b5d"),
                 grace=10,
             )
         )
@@ -280,21 +280,23 @@ def spot_node() -> list[dict[str, Any]]:
     )
     # An unmanaged pod (needs --force) and a ReplicaSet pod with emptyDir data.
     objects.append(
-        _pod(
+        pod_object(
             "shop", "debug-shell", SPOT_NODE, "10.244.0.20", labels={"run": "debug-shell"}, grace=5
         )
     )
     cache_labels = {"app": "cache-warmer", "pod-template-hash": "5f6d7c8b9"}
-    cache_rs = _workload("ReplicaSet", "shop", "cache-warmer-5f6d7c8b9", cache_labels, replicas=1)
+    cache_rs = workload_object(
+        "ReplicaSet", "shop", "cache-warmer-5f6d7c8b9", cache_labels, replicas=1
+    )
     objects.append(cache_rs)
     objects.append(
-        _pod(
+        pod_object(
             "shop",
             "cache-warmer-5f6d7c8b9-m2v7r",
             SPOT_NODE,
             "10.244.0.21",
             labels=cache_labels,
-            owner=_owner("ReplicaSet", "cache-warmer-5f6d7c8b9"),
+            owner=owner_ref("ReplicaSet", "cache-warmer-5f6d7c8b9"),
             volumes=[{"name": "scratch", "emptyDir": {}}],
         )
     )
@@ -309,10 +311,10 @@ def spot_node() -> list[dict[str, Any]]:
             "data": {"token": token},
         }
     )
-    workflow = _owner("Workflow", "train-pipeline-x7k2p", api_version="argoproj.io/v1alpha1")
+    workflow = owner_ref("Workflow", "train-pipeline-x7k2p", api_version="argoproj.io/v1alpha1")
     for i, step in enumerate(("train-model", "evaluate")):
         objects.append(
-            _pod(
+            pod_object(
                 "kubeflow",
                 f"train-pipeline-x7k2p-system-container-impl-{1234567890 + i}",
                 SPOT_NODE,
