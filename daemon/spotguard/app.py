@@ -1,7 +1,8 @@
 """Composition root: the only place that builds concrete objects and starts tasks.
 
 ``watch`` is the read-only view of what Azure tells this VM: IMDS → store → one JSON line per
-change. ``spotguard run`` (the agent) will be composed here too.
+change. ``run`` is the agent: IMDS poller → notice store → responder (cordon, drain,
+acknowledge), with the HTTP server for metrics and probes, as named tasks of one TaskGroup.
 """
 
 from __future__ import annotations
@@ -17,10 +18,19 @@ from prometheus_client import CollectorRegistry
 
 from spotguard.clock import Clock, SystemClock
 from spotguard.config import Settings
+from spotguard.engine.reporting import Reporter
+from spotguard.engine.responder import Responder
 from spotguard.engine.store import NoticeStore
+from spotguard.errors import ConfigError, IdentityError
+from spotguard.kube.client import JSON, KubeClient, KubeError, connect
+from spotguard.kube.nodes import NodeActions, node_state
 from spotguard.model import ChangeType, NoticeChange, ScheduledEventsDocument, change_record
+from spotguard.observability.health import Health, api_version_check
+from spotguard.observability.http import serve_http
 from spotguard.observability.logging import bind_notice, get_logger
 from spotguard.observability.metrics import Metrics
+from spotguard.sinks.events import EventRecorder
+from spotguard.sources.identity import same_name, vm_name_from_provider_id
 from spotguard.sources.imds import (
     ImdsClient,
     ImdsPoller,
@@ -119,6 +129,7 @@ async def watch(
 
 
 async def _vm_name(settings: Settings, client: ImdsClient, log: Logger) -> str:
+    """The VM name IMDS lists in ``Resources``: the override, or IMDS instance metadata."""
     if settings.vm_name:
         return settings.vm_name
     return await wait_for_vm_name(
@@ -127,3 +138,184 @@ async def _vm_name(settings: Settings, client: ImdsClient, log: Logger) -> str:
         retry_interval=settings.poll_interval,
         hint_after=IDENTITY_HINT_AFTER,
     )
+
+
+#: Exit code when this VM (IMDS) and this node (its providerID) are not the same machine.
+EXIT_IDENTITY_MISMATCH = 3
+
+
+async def _node_object(kube: KubeClient, node: str, log: Logger, interval: float) -> JSON:
+    """The node, retried while the API server cannot be reached (the agent stays unready)."""
+    while True:
+        try:
+            return await kube.request("GET", f"/api/v1/nodes/{node}")
+        except KubeError as exc:
+            log.warning("node_not_readable", error=str(exc))
+        await asyncio.sleep(interval)
+
+
+def _identity_mismatch(settings: Settings, vm_name: str, provider_id: str, log: Logger) -> bool:
+    try:
+        node_vm = vm_name_from_provider_id(provider_id)
+    except IdentityError as exc:
+        log.warning("provider_id_not_azure", error=str(exc), hint="VM name not cross-checked")
+        return False
+    if same_name(node_vm, vm_name):
+        return False
+    if settings.vm_name:
+        log.warning("vm_name_override", vm_name=vm_name, node_provider_vm=node_vm)
+        return False
+    log.error(
+        "identity_mismatch",
+        imds_vm_name=vm_name,
+        node_provider_vm=node_vm,
+        hint="IMDS describes another VM than this node's spec.providerID: check "
+        "SPOTGUARD_NODE_NAME (downward API spec.nodeName) and SPOTGUARD_IMDS_URL; set "
+        "SPOTGUARD_VM_NAME to override the VM name",
+    )
+    return True
+
+
+async def run(
+    settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None
+) -> int:
+    """The agent, until SIGTERM/SIGINT (or ``stop``)."""
+    if not settings.node_name:
+        raise ConfigError(
+            "invalid setting SPOTGUARD_NODE_NAME=None: expected this node's name "
+            "(downward API: spec.nodeName); `run` needs it"
+        )
+    node_name = settings.node_name
+    clock = clock or SystemClock()
+    stop = stop or asyncio.Event()
+    remove_handlers = _stop_on_signals(stop)
+    log = get_logger(command="run", node=node_name)
+    metrics = Metrics(CollectorRegistry())
+    try:
+        kube = await connect(kubeconfig=None, timeout=settings.kube_request_timeout)
+    except KubeError as exc:
+        remove_handlers()
+        raise ConfigError(str(exc)) from exc
+    health = Health(blind_after=settings.blind_after, api_check=api_version_check(kube))
+    metrics.track_imds_blind(health.imds_blind)
+    try:
+        async with (
+            make_session() as session,
+            serve_http(address=settings.http_address, registry=metrics.registry, health=health),
+        ):
+            imds = ImdsClient(
+                session=session,
+                base_url=str(settings.imds_url),
+                events_api_version=settings.imds_events_api_version,
+                instance_api_version=settings.imds_instance_api_version,
+                request_timeout=settings.imds_request_timeout,
+                spacer=RequestSpacer(),
+                metrics=metrics,
+            )
+            return await _agent(settings, node_name, kube, imds, metrics, health, clock, stop, log)
+    finally:
+        remove_handlers()
+        await kube.close()
+
+
+async def _agent(
+    settings: Settings,
+    node_name: str,
+    kube: KubeClient,
+    imds: ImdsClient,
+    metrics: Metrics,
+    health: Health,
+    clock: Clock,
+    stop: asyncio.Event,
+    log: Logger,
+) -> int:
+    async def identify() -> tuple[str, JSON]:
+        vm = await _vm_name(settings, imds, log)
+        return vm, await _node_object(kube, node_name, log, settings.poll_interval)
+
+    identity = asyncio.create_task(identify(), name="identity")
+    stopped = asyncio.create_task(stop.wait(), name="stop")
+    await asyncio.wait({identity, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not identity.done():
+        identity.cancel()
+        return 0
+    vm_name, node_obj = identity.result()
+    state = node_state(node_obj, log)
+    if _identity_mismatch(settings, vm_name, state.provider_id, log):
+        return EXIT_IDENTITY_MISMATCH
+    labels = state.labels
+    nodepool = labels.get("kubernetes.azure.com/agentpool") or labels.get("agentpool")
+    metrics.node_info(
+        nodepool=nodepool or "",
+        vm_size=labels.get("node.kubernetes.io/instance-type", ""),
+        priority=labels.get("kubernetes.azure.com/scalesetpriority", "regular"),
+        cluster=settings.cluster_name or labels.get("kubernetes.azure.com/cluster", ""),
+    )
+    health.identity_resolved = True
+    log = log.bind(vm_name=vm_name)
+    log.info("agent_ready", nodepool=nodepool, dry_run=settings.dry_run)
+
+    node = NodeActions(kube=kube, node=node_name, dry_run=settings.dry_run, log=log)
+    events = EventRecorder(
+        kube=kube,
+        node=node_name,
+        node_uid=state.uid,
+        clock=clock,
+        dry_run=settings.dry_run,
+        log=log,
+    )
+    reporter = Reporter(metrics=metrics, events=events, clock=clock, log=log)
+    self_pod = (
+        (settings.pod_namespace, settings.pod_name)
+        if settings.pod_name and settings.pod_namespace
+        else None
+    )
+    responder = Responder(
+        settings=settings,
+        node=node,
+        kube=kube,
+        imds=imds,
+        reporter=reporter,
+        metrics=metrics,
+        clock=clock,
+        vm_name=vm_name,
+        node_name=node_name,
+        nodepool=nodepool,
+        self_pod=self_pod,
+        log=log,
+    )
+    store = NoticeStore(vm_name=vm_name, node=node_name, safety_margin=settings.safety_margin)
+    first = True
+
+    def on_document(document: ScheduledEventsDocument, seen_at: datetime) -> None:
+        nonlocal first
+        changes = store.apply(document, seen_at)
+        if first:
+            first = False
+            responder.reconcile(set(store.active))
+        for change in changes:
+            responder.submit(change)
+
+    poller = ImdsPoller(
+        client=imds,
+        on_document=on_document,
+        clock=clock,
+        metrics=metrics,
+        log=log,
+        interval=settings.poll_interval,
+        max_backoff=settings.imds_max_backoff,
+        enable_timeout=settings.imds_enable_timeout,
+    )
+    health.imds_last_success = lambda: poller.last_success
+    async with asyncio.TaskGroup() as tasks:
+        running = [
+            tasks.create_task(poller.run(), name="imds-poller"),
+            tasks.create_task(responder.run(), name="responder"),
+        ]
+        health.tasks_running = lambda: not any(t.done() for t in running)
+        await stop.wait()
+        log.info("agent_stopping")
+        for task in running:
+            task.cancel()
+    return 0

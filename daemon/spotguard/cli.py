@@ -1,4 +1,4 @@
-"""Command line: ``spotguard watch | simulate-imds | simulate-cluster | demo``.
+"""Command line: ``spotguard run | watch | simulate-imds | simulate-cluster | demo``.
 
 Parses arguments and settings, configures logging, and hands over to the composition root
 (``app.py``) or a simulator. Invalid settings end here with exit code 2 and one line per key.
@@ -55,6 +55,18 @@ def _start(args: argparse.Namespace) -> Settings:
     return settings
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import prometheus_client
+
+    from spotguard.app import run
+
+    settings = _start(args)
+    # *_created series double what Prometheus scrapes and nothing here uses them (it is a
+    # process-wide switch, so it is thrown here, in the entry point).
+    prometheus_client.disable_created_metrics()
+    return asyncio.run(run(settings))
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     from spotguard.app import watch
 
@@ -95,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"spotguard {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser(
+        "run",
+        help="the agent: respond to this VM's scheduled events (cordon, drain, acknowledge)",
+        description="Needs SPOTGUARD_NODE_NAME and Kubernetes access (KUBECONFIG or in-cluster).",
+    )
+    _add_common(run)
+    run.set_defaults(func=_cmd_run)
 
     watch = sub.add_parser(
         "watch",

@@ -156,6 +156,15 @@ class Settings(BaseSettings):
         "(default: IMDS compute.name, e.g. aks-spot-12345678-vmss_3).",
     )
 
+    pod_name: str | None = Field(
+        default=None,
+        description="The agent's own pod (downward API), never evicted by its own drain.",
+    )
+    pod_namespace: str | None = Field(default=None, description="The agent's own namespace.")
+    kube_request_timeout: Duration = Field(
+        default=5.0, gt=0, le=60, description="Timeout of one Kubernetes API call."
+    )
+
     # --- IMDS -----------------------------------------------------------------------------
     imds_url: AnyHttpUrl = Field(
         default=AnyHttpUrl("http://169.254.169.254"), description="Base URL of IMDS."

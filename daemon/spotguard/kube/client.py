@@ -50,7 +50,8 @@ class KubeError(SpotguardError):
         body: JSON | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(f"{status or 'no answer'} {reason}: {message}".strip())
+        head = " ".join(p for p in (str(status) if status else "no answer", reason) if p)
+        super().__init__(f"{head}: {message}")
         self.status = status
         self.reason = reason
         self.body = body or {}
