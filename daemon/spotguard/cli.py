@@ -63,7 +63,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = _start(args)
     # *_created series double what Prometheus scrapes and nothing here uses them (it is a
     # process-wide switch, so it is thrown here, in the entry point).
-    prometheus_client.disable_created_metrics()
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     return asyncio.run(run(settings))
 
 
