@@ -126,11 +126,15 @@ def test_grace_minimum_is_configurable() -> None:
     assert grace_for(30, 0.4, minimum=2) == 2
 
 
-def test_pdb_wait_fits_while_the_whole_grace_does() -> None:
-    assert pdb_wait_fits(now=100.0, pause=0.3, own=5, deadline=106.0)
-    assert not pdb_wait_fits(now=100.8, pause=0.3, own=5, deadline=106.0)
-    # A grace longer than the notice never fits: the pod is deleted at once (by policy).
-    assert not pdb_wait_fits(now=100.0, pause=0.1, own=30, deadline=125.0)
+def test_pdb_wait_fits_while_the_time_to_stop_does() -> None:
+    # A short grace is the time the pod needs.
+    assert pdb_wait_fits(now=100.0, pause=0.3, own=2, deadline=106.0, stop_budget=3.0)
+    assert not pdb_wait_fits(now=103.8, pause=0.3, own=2, deadline=106.0, stop_budget=3.0)
+    # A long grace is capped at the stop budget: a 30 s grace in a 25 s window still waits
+    # for the budget until 3 s are left, instead of giving up at once.
+    assert pdb_wait_fits(now=100.0, pause=0.1, own=30, deadline=125.0, stop_budget=3.0)
+    assert pdb_wait_fits(now=121.5, pause=0.4, own=30, deadline=125.0, stop_budget=3.0)
+    assert not pdb_wait_fits(now=121.7, pause=0.4, own=30, deadline=125.0, stop_budget=3.0)
 
 
 def _error(

@@ -41,6 +41,7 @@ def plan_for(
             delete_on_pdb_block=policy.delete_on_pdb_block,
             self_pod=self_pod,
             dry_run=settings.dry_run,
+            stop_budget=settings.stop_budget,
         ),
     )
 

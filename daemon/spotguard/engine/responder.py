@@ -35,8 +35,10 @@ from spotguard.sources.imds import ImdsClient
 
 Logger = structlog.typing.FilteringBoundLogger
 
-#: How long the drain waits for the cordon before it starts regardless.
-CORDON_HEAD_START = 1.0
+#: The drain waits for the cordon at most this share of the time left (and at least the
+#: minimum): without the cordon, replacements of evicted pods land right back on the node.
+CORDON_HOLD_SHARE = 0.5
+CORDON_HOLD_MIN = 1.0
 #: How often to look again whether every node of a multi-VM event has drained.
 ACK_RECHECK_INTERVAL = 1.0
 
@@ -145,17 +147,23 @@ class Responder:
             action=plan.action.value,
             resources=list(notice.resources),
         )
-        self._report.event(notice, Reason.NOTICE, _notice_message(notice))
         if not plan.touches_node:
+            # "record" touches nothing in the cluster, Events included: log and metrics only.
             log.info("notice_recorded_only", hint=f"policy for {notice.kind.value} is record")
             return
+        self._report.event(notice, Reason.NOTICE, _notice_message(notice))
         deadline = wall_to_loop(notice.deadline, self._clock)
         cordon = asyncio.create_task(self._cordon(notice, deadline), name="cordon")
+        # The cordon normally takes milliseconds. Evicting before it lands would let the
+        # evicted pods' replacements be scheduled right back onto this node, so the drain waits
+        # for it — but only for half the time left: pods must still leave before the VM does.
+        hold = max(
+            CORDON_HOLD_MIN, CORDON_HOLD_SHARE * (deadline - asyncio.get_running_loop().time())
+        )
         try:
-            # The cordon normally takes milliseconds. If the API server is struggling, the drain
-            # starts anyway (it lists and watches pods itself) while the cordon keeps trying.
-            state = await asyncio.wait_for(asyncio.shield(cordon), CORDON_HEAD_START)
+            state = await asyncio.wait_for(asyncio.shield(cordon), hold)
         except TimeoutError:
+            log.warning("drain_without_cordon", waited_s=round(hold, 3))
             state = None
         try:
             await self._carry_out(notice, plan, state)

@@ -364,9 +364,15 @@ class _Drain:
             if refusal is Refusal.PDB:
                 now = self._loop.time()
                 if not pdb_wait_fits(
-                    now=now, pause=pause, own=pod.own_grace, deadline=self._deadline
+                    now=now,
+                    pause=pause,
+                    own=pod.own_grace,
+                    deadline=self._deadline,
+                    stop_budget=self._options.stop_budget,
                 ):
-                    await self._on_pdb_block(pod, "disruption budget refused while the grace fit")
+                    await self._on_pdb_block(
+                        pod, "disruption budget still refused when only the stop budget was left"
+                    )
                     return
                 if attempt == 1:
                     self._log.info(

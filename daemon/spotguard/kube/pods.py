@@ -45,6 +45,9 @@ class DrainOptions:
     dry_run: bool = False
     #: timeout of each API call, seconds (a drain has seconds, not minutes)
     request_timeout: float = 2.0
+    #: time a pod needs to stop once asked (DESIGN.md's stop budget): a PDB refusal is retried
+    #: until only this much (or the pod's own grace, if shorter) is left before the deadline
+    stop_budget: float = 3.0
     #: jittered backoff between retries (5xx, no answer, PDB refusal), seconds
     retry_min: float = 0.1
     retry_max: float = 0.5
@@ -64,6 +67,8 @@ class DrainOptions:
             raise ValueError("min_grace must not be negative")
         if self.min_window < 0:
             raise ValueError("min_window must not be negative")
+        if self.stop_budget < 0:
+            raise ValueError("stop_budget must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,10 +156,18 @@ def grace_for(own: int, seconds_left: float, *, minimum: int = MIN_GRACE_SECONDS
     return max(0, min(own, max(left, minimum)))
 
 
-def pdb_wait_fits(*, now: float, pause: float, own: int, deadline: float) -> bool:
-    """Whether waiting ``pause`` more for a PodDisruptionBudget still leaves the pod its whole
-    grace period before the deadline; once it does not, waiting only shortens its grace."""
-    return now + pause + own <= deadline
+def pdb_wait_fits(
+    *, now: float, pause: float, own: int, deadline: float, stop_budget: float
+) -> bool:
+    """Whether waiting ``pause`` more for a PodDisruptionBudget still leaves the pod the time it
+    needs to stop before the deadline: its own grace, but no more than ``stop_budget``.
+
+    Capping at the stop budget keeps a budget respected for most of the notice: with a 30 s
+    Preempt and the default 30 s grace, "its whole grace" would never fit and every
+    PDB-protected pod would be deleted on its first refusal, while a budget typically frees up
+    within seconds as replacements become ready.
+    """
+    return now + pause + min(float(own), stop_budget) <= deadline
 
 
 class Refusal(enum.StrEnum):
