@@ -125,10 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
     watch.set_defaults(func=_cmd_watch)
 
     demo = sub.add_parser(
-        "demo", help="run the IMDS simulator with a scripted Preempt and watch it"
+        "demo",
+        help="the real agent drains a loaded, emulated spot node inside a Preempt notice",
+        description="Starts the IMDS simulator, the emulated API server and `spotguard run` as "
+        "child processes on 127.0.0.1, schedules a Preempt, prints a timeline and a summary; "
+        "exits 0 when the node was drained before the deadline, 1 otherwise.",
     )
     _add_common(demo)
-    demo.add_argument("--speedup", type=float, default=1.0, help="shorten the scenario's durations")
+    demo.add_argument(
+        "--speedup",
+        type=float,
+        default=1.0,
+        help="divide the simulated durations (pods stopping, time Started); not the notice",
+    )
     demo.add_argument(
         "--notice", type=float, default=30.0, help="seconds of notice the Preempt gives"
     )
