@@ -14,6 +14,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TextIO
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 
 from spotguard.clock import Clock, SystemClock
@@ -44,6 +45,40 @@ from spotguard.sources.imds import (
 IDENTITY_HINT_AFTER = 30.0
 
 
+def _imds_client(
+    settings: Settings, session: aiohttp.ClientSession, metrics: Metrics
+) -> ImdsClient:
+    return ImdsClient(
+        session=session,
+        base_url=str(settings.imds_url),
+        events_api_version=settings.imds_events_api_version,
+        instance_api_version=settings.imds_instance_api_version,
+        request_timeout=settings.imds_request_timeout,
+        spacer=RequestSpacer(),
+        metrics=metrics,
+    )
+
+
+def _poller(
+    settings: Settings,
+    client: ImdsClient,
+    on_document: Callable[[ScheduledEventsDocument, datetime], None],
+    clock: Clock,
+    metrics: Metrics,
+    log: Logger,
+) -> ImdsPoller:
+    return ImdsPoller(
+        client=client,
+        on_document=on_document,
+        clock=clock,
+        metrics=metrics,
+        log=log,
+        interval=settings.poll_interval,
+        max_backoff=settings.imds_max_backoff,
+        enable_timeout=settings.imds_enable_timeout,
+    )
+
+
 def _stop_on_signals(stop: asyncio.Event) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -72,15 +107,7 @@ async def watch(
     metrics = Metrics(CollectorRegistry())
     try:
         async with make_session() as session:
-            client = ImdsClient(
-                session=session,
-                base_url=str(settings.imds_url),
-                events_api_version=settings.imds_events_api_version,
-                instance_api_version=settings.imds_instance_api_version,
-                request_timeout=settings.imds_request_timeout,
-                spacer=RequestSpacer(),
-                metrics=metrics,
-            )
+            client = _imds_client(settings, session, metrics)
             resolve = asyncio.create_task(_vm_name(settings, client, log))
             stopped = asyncio.create_task(stop.wait())
             await asyncio.wait({resolve, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -109,16 +136,7 @@ async def watch(
                     if on_change is not None:
                         on_change(change)
 
-            poller = ImdsPoller(
-                client=client,
-                on_document=on_document,
-                clock=clock,
-                metrics=metrics,
-                log=log,
-                interval=settings.poll_interval,
-                max_backoff=settings.imds_max_backoff,
-                enable_timeout=settings.imds_enable_timeout,
-            )
+            poller = _poller(settings, client, on_document, clock, metrics, log)
             async with asyncio.TaskGroup() as tasks:
                 polling = tasks.create_task(poller.run(), name="imds-poller")
                 await stop.wait()
@@ -203,15 +221,7 @@ async def run(
             make_session() as session,
             serve_http(address=settings.http_address, registry=metrics.registry, health=health),
         ):
-            imds = ImdsClient(
-                session=session,
-                base_url=str(settings.imds_url),
-                events_api_version=settings.imds_events_api_version,
-                instance_api_version=settings.imds_instance_api_version,
-                request_timeout=settings.imds_request_timeout,
-                spacer=RequestSpacer(),
-                metrics=metrics,
-            )
+            imds = _imds_client(settings, session, metrics)
             return await _agent(settings, node_name, kube, imds, metrics, health, clock, stop, log)
     finally:
         remove_handlers()
@@ -297,16 +307,7 @@ async def _agent(
         for change in changes:
             responder.submit(change)
 
-    poller = ImdsPoller(
-        client=imds,
-        on_document=on_document,
-        clock=clock,
-        metrics=metrics,
-        log=log,
-        interval=settings.poll_interval,
-        max_backoff=settings.imds_max_backoff,
-        enable_timeout=settings.imds_enable_timeout,
-    )
+    poller = _poller(settings, imds, on_document, clock, metrics, log)
     health.imds_last_success = lambda: poller.last_success
     async with asyncio.TaskGroup() as tasks:
         running = [
