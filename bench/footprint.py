@@ -36,22 +36,23 @@ import json
 import os
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from spotguard.sim.child_process import child_env, free_port, spawn, stop_process, wait_ready
 from spotguard.sim.cluster_process import ClusterProcess
 from spotguard.sim.cluster_scenarios import SPOT_NODE
 from spotguard.sim.cluster_workloads import loaded_node
+from spotguard.sim.imds_process import ImdsControl, ImdsProcess
 
 NODE = SPOT_NODE  # aks-spot-12345678-vmss000000; its providerID names IMDS VM ..._0
 REPO = Path(__file__).resolve().parent.parent
@@ -121,61 +122,7 @@ def mib(kib: float) -> str:
     return f"{kib / MIB:.1f}"
 
 
-# --- child processes -------------------------------------------------------------------------
-
-
-def child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    # The caller's SPOTGUARD_* settings must not change what is measured.
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SPOTGUARD_")}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    # The agent's HTTP address takes no port 0; a race with another process is acceptable here.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 10.0) -> None:
-    if proc.returncode is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), timeout)
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-
-
-async def start_imds(stack: contextlib.AsyncExitStack, log_dir: Path) -> str:
-    """``spotguard simulate-imds`` with one VM; returns that VM's base URL."""
-    with (log_dir / "imds.log").open("ab") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            PYTHON,
-            "-m",
-            "spotguard",
-            "simulate-imds",
-            "--port",
-            "0",
-            "--log-level",
-            "warning",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=stderr,
-            env=child_env({}),
-        )
-    stack.push_async_callback(stop_process, proc)
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), CHILD_START_TIMEOUT)
-    if not line:
-        raise RuntimeError(f"simulate-imds exited early; see {log_dir / 'imds.log'}")
-    url: str = json.loads(line)["vms"][0]["url"]
-    return url
+# --- the agent's log ------------------------------------------------------------------------
 
 
 @dataclass
@@ -228,32 +175,12 @@ class AgentResults:
     final: Mem | None = None
 
 
-async def scheduled_event_gets(session: aiohttp.ClientSession, imds_url: str, vm: str) -> int:
-    async with session.get(
-        f"{imds_url}/control/requests", params={"vm": vm}, timeout=CALL_TIMEOUT
-    ) as resp:
-        records: list[dict[str, Any]] = await resp.json()
+async def scheduled_event_gets(imds: ImdsControl, vm: str) -> int:
     return sum(
         1
-        for r in records
+        for r in await imds.requests(vm)
         if r["method"] == "GET" and r["path"].lower().startswith("/metadata/scheduledevents")
     )
-
-
-async def wait_ready(
-    session: aiohttp.ClientSession, agent: asyncio.subprocess.Process, url: str
-) -> None:
-    loop = asyncio.get_running_loop()
-    until = loop.time() + AGENT_READY_TIMEOUT
-    while loop.time() < until:
-        if agent.returncode is not None:
-            raise RuntimeError(f"the agent exited with code {agent.returncode}")
-        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-            async with session.get(url + "/readyz", timeout=CALL_TIMEOUT) as resp:
-                if resp.status == 200:
-                    return
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"the agent was not ready within {AGENT_READY_TIMEOUT:g} s")
 
 
 async def sample_for(pid: int, seconds: float, every: float) -> list[Mem]:
@@ -306,15 +233,17 @@ async def measure_agent(seconds: float, pods: int, notice: float, log_dir: Path)
     results = AgentResults()
     async with contextlib.AsyncExitStack() as stack:
         session = await stack.enter_async_context(aiohttp.ClientSession(timeout=CALL_TIMEOUT))
-        imds_url = await start_imds(stack, log_dir)
+        imds = ImdsProcess(log_level="warning", env=child_env(), stderr=log_dir / "imds.log")
+        stack.push_async_callback(imds.stop)
+        await imds.start(timeout=CHILD_START_TIMEOUT)
         cluster = ClusterProcess(
             kubeconfig=log_dir / "kubeconfig",
             scenario="spot-node",
             stderr=log_dir / "emulator.log",
-            env=child_env({}),
+            env=child_env(),
         )
-        await cluster.start(timeout=CHILD_START_TIMEOUT)
         stack.push_async_callback(cluster.stop)
+        await cluster.start(timeout=CHILD_START_TIMEOUT)
         # The scenario's own pods carry no stop-after annotation and would take their whole
         # grace period (up to 120 s) to stop; 1 s, like the loaded-node pods, keeps the drain
         # short and the same for every pod.
@@ -324,23 +253,18 @@ async def measure_agent(seconds: float, pods: int, notice: float, log_dir: Path)
         agent_url = f"http://127.0.0.1:{port}"
         agent_log = AgentLog()
         started = time.monotonic()
-        agent = await asyncio.create_subprocess_exec(
-            PYTHON,
-            "-m",
-            "spotguard",
+        # What a DaemonSet pod gets, and no more: every other setting is the default.
+        env = {
+            "SPOTGUARD_NODE_NAME": NODE,
+            "SPOTGUARD_IMDS_URL": imds.url,
+            "SPOTGUARD_HTTP_ADDRESS": f"127.0.0.1:{port}",
+            "KUBECONFIG": str(cluster.kubeconfig),
+        }
+        agent = await spawn(
             "run",
-            stdin=asyncio.subprocess.DEVNULL,
+            env=child_env(env),
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
-            # What a DaemonSet pod gets, and no more: every other setting is the default.
-            env=child_env(
-                {
-                    "SPOTGUARD_NODE_NAME": NODE,
-                    "SPOTGUARD_IMDS_URL": imds_url,
-                    "SPOTGUARD_HTTP_ADDRESS": f"127.0.0.1:{port}",
-                    "KUBECONFIG": str(cluster.kubeconfig),
-                }
-            ),
         )
         assert agent.stderr is not None
         reader = asyncio.create_task(agent_log.follow(agent.stderr))
@@ -349,10 +273,10 @@ async def measure_agent(seconds: float, pods: int, notice: float, log_dir: Path)
         # and before the simulators, so it never sees its API server vanish under it.
         stack.push_async_callback(stop_process, agent)
         try:
-            await wait_ready(session, agent, agent_url)
+            await wait_ready(agent, agent_url, AGENT_READY_TIMEOUT)
             results.ready_s = time.monotonic() - started
             await asyncio.sleep(SETTLE)
-            await idle(results, session, cluster, agent.pid, imds_url, agent_log, seconds)
+            await idle(results, cluster, agent.pid, imds, agent_log, seconds)
             idle_rate = results.idle_cpu / results.idle_wall
             results.metrics_cpu_ms, results.metrics_bytes = await request_cost(
                 session, agent.pid, agent_url + "/metrics", idle_rate
@@ -360,7 +284,7 @@ async def measure_agent(seconds: float, pods: int, notice: float, log_dir: Path)
             results.readyz_cpu_ms, _ = await request_cost(
                 session, agent.pid, agent_url + "/readyz", idle_rate
             )
-            await drain(results, session, cluster, agent, imds_url, agent_log, pods, notice)
+            await drain(results, session, cluster, agent, imds.control, agent_log, pods, notice)
         except Exception:
             print("the agent's last log lines:", file=sys.stderr)
             for line in agent_log.tail:
@@ -377,31 +301,23 @@ async def _finish(task: asyncio.Task[None]) -> None:
 
 async def idle(
     results: AgentResults,
-    session: aiohttp.ClientSession,
     cluster: ClusterProcess,
     pid: int,
-    imds_url: str,
+    imds: ImdsProcess,
     agent_log: AgentLog,
     seconds: float,
 ) -> None:
-    vm = await _vm_of(session, imds_url)
-    polls0 = await scheduled_event_gets(session, imds_url, vm)
+    vm = imds.vms[0]
+    polls0 = await scheduled_event_gets(imds.control, vm)
     lines0 = agent_log.lines
     mark = await cluster.control.mark()
     cpu0, t0 = read_cpu(pid), time.monotonic()
     results.idle_samples = await sample_for(pid, seconds, 1.0)
     results.idle_cpu = read_cpu(pid) - cpu0
     results.idle_wall = time.monotonic() - t0
-    results.idle_polls = await scheduled_event_gets(session, imds_url, vm) - polls0
+    results.idle_polls = await scheduled_event_gets(imds.control, vm) - polls0
     results.idle_log_lines = agent_log.lines - lines0
     results.idle_api_requests = len(await cluster.control.requests(since=mark))
-
-
-async def _vm_of(session: aiohttp.ClientSession, imds_url: str) -> str:
-    async with session.get(f"{imds_url}/control/state", timeout=CALL_TIMEOUT) as resp:
-        state = await resp.json()
-    name: str = state["vms"][0]["name"]
-    return name
 
 
 async def drain(
@@ -409,7 +325,7 @@ async def drain(
     session: aiohttp.ClientSession,
     cluster: ClusterProcess,
     agent: asyncio.subprocess.Process,
-    imds_url: str,
+    imds: ImdsControl,
     agent_log: AgentLog,
     pods: int,
     notice: float,
@@ -425,13 +341,7 @@ async def drain(
 
     loop = asyncio.get_running_loop()
     cpu0, t0 = read_cpu(agent.pid), loop.time()
-    async with session.post(
-        f"{imds_url}/control/events",
-        json={"type": "Preempt", "not_before_in": notice},
-        timeout=CALL_TIMEOUT,
-    ) as resp:
-        if resp.status != 201:
-            raise RuntimeError(f"injecting the Preempt: {resp.status} {await resp.text()}")
+    await imds.inject("Preempt", not_before_in=notice)
     until = t0 + notice + DRAIN_GRACE
     next_check = t0
     while loop.time() < until and agent.returncode is None:

@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import json
 import os
-import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
+
+from spotguard.sim.child_process import spawn, stop_process
 
 
 class Child:
@@ -35,25 +36,16 @@ class Child:
 @asynccontextmanager
 async def spotguard(*args: str, env: Mapping[str, str] | None = None) -> AsyncIterator[Child]:
     """``python -m spotguard <args>`` with the test environment plus ``env``."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "spotguard",
+    proc = await spawn(
         *args,
+        env={**os.environ, **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
     )
     stderr = asyncio.create_task(proc.stderr.read()) if proc.stderr else None
     try:
         yield Child(proc)
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
         if stderr is not None:
             await stderr

@@ -22,10 +22,7 @@ import asyncio
 import contextlib
 import inspect
 import json
-import os
 import signal
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -37,7 +34,9 @@ from typing import Any, TypeVar
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from spotguard.sim.child_process import child_env, free_port, spawn, stop_process
 from spotguard.sim.cluster_process import ClusterProcess
+from spotguard.sim.imds_process import ImdsControl, ImdsProcess
 
 T = TypeVar("T")
 
@@ -59,111 +58,12 @@ def vm_name(index: int) -> str:
     return f"aks-spot-12345678-vmss_{index}"
 
 
-def free_port() -> int:
-    """A port nobody listens on right now (the agent has no ``:0``; the race is acceptable)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def parse_time(value: str) -> float:
     """RFC 3339 (``Z`` or offset) → POSIX seconds."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def _child_env(extra: Mapping[str, str]) -> dict[str, str]:
-    # Nothing from the developer's shell may configure the agent behind the test's back.
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SPOTGUARD_")}
-    env.update(extra)
-    return env
-
-
-# --- the IMDS simulator ----------------------------------------------------------------------
-
-
-class Imds:
-    """``spotguard simulate-imds`` in a child process, driven through its control API."""
-
-    def __init__(self, vms: Sequence[str], *, log_path: Path) -> None:
-        self.vms = tuple(vms)
-        self._log_path = log_path
-        self._proc: asyncio.subprocess.Process | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.urls: dict[str, str] = {}
-
-    async def start(self) -> None:
-        args: list[str] = []
-        for vm in self.vms:
-            args += ["--port", "0", "--vm", vm]
-        with self._log_path.open("ab") as stderr:
-            self._proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "spotguard",
-                "simulate-imds",
-                *args,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                env=_child_env({}),
-            )
-        assert self._proc.stdout is not None
-        line = await asyncio.wait_for(self._proc.stdout.readline(), START_TIMEOUT)
-        if not line:
-            raise RuntimeError(f"simulate-imds exited with {await self._proc.wait()}")
-        ready = json.loads(line)
-        self.urls = {vm["name"]: vm["url"] for vm in ready["vms"]}
-        self._session = aiohttp.ClientSession(timeout=CALL_TIMEOUT, trust_env=False)
-
-    async def stop(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-        if self._proc is not None:
-            await _terminate(self._proc)
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        assert self._session is not None
-        url = self.urls[self.vms[0]] + "/control" + path
-        async with self._session.request(method, url, json=body) as resp:
-            data = await resp.json()
-            if resp.status >= 300:
-                raise AssertionError(f"IMDS control {method} {path}: {resp.status} {data}")
-            return data
-
-    async def inject(self, event_type: str, **fields: Any) -> dict[str, Any]:
-        """Add an event (``resources``, ``not_before_in``, ``status``...); returns it."""
-        event: dict[str, Any] = await self.call("POST", "/events", {"type": event_type, **fields})
-        return event
-
-    async def start_event(self, event_id: str) -> dict[str, Any]:
-        event: dict[str, Any] = await self.call("POST", f"/events/{event_id}/start")
-        return event
-
-    async def cancel(self, event_id: str) -> dict[str, Any]:
-        event: dict[str, Any] = await self.call("DELETE", f"/events/{event_id}")
-        return event
-
-    async def events(self) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = await self.call("GET", "/events")
-        return events
-
-    async def acknowledgements(self, event_id: str | None = None) -> list[dict[str, Any]]:
-        state = await self.call("GET", "/state")
-        acks: list[dict[str, Any]] = state["acknowledgements"]
-        if event_id is not None:
-            acks = [a for a in acks if a["event_id"].lower() == event_id.lower()]
-        return acks
-
-    async def add_fault(self, **spec: Any) -> None:
-        await self.call("POST", "/faults", spec)
-
-    async def clear_faults(self) -> None:
-        await self.call("DELETE", "/faults")
-
-    async def requests(self, vm: str | None = None) -> list[dict[str, Any]]:
-        path = "/requests" + (f"?vm={vm}" if vm else "")
-        records: list[dict[str, Any]] = await self.call("GET", path)
-        return records
+# --- the IMDS simulator (``ImdsProcess``; tests drive it through ``ImdsControl``) -----------
 
 
 def not_before(event: Mapping[str, Any]) -> float:
@@ -181,7 +81,8 @@ class Agent:
         self.node = node
         self.vm = vm
         self.port = free_port()
-        self.env = _child_env(
+        # Nothing from the developer's shell may configure the agent behind the test's back.
+        self.env = child_env(
             {**env, "SPOTGUARD_NODE_NAME": node, "SPOTGUARD_HTTP_ADDRESS": f"127.0.0.1:{self.port}"}
         )
         self.log_path = log_path
@@ -209,14 +110,8 @@ class Agent:
 
     async def start(self, *, wait_ready: bool = True, timeout: float = START_TIMEOUT) -> None:
         self.runs += 1
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "spotguard",
-            "run",
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=self.env,
+        self._proc = await spawn(
+            "run", env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
         )
         run = self.runs
         assert self._proc.stdout is not None
@@ -272,16 +167,8 @@ class Agent:
             return 0
         if proc.returncode is not None and self._reaped == self.runs:
             return proc.returncode
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(sig)
-            try:
-                await asyncio.wait_for(proc.wait(), timeout)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        code = await stop_process(proc, timeout, sig)
         await self._drain_readers()
-        code = proc.returncode if proc.returncode is not None else -1
         self.exit_codes.append(code)
         self._reaped = self.runs
         return code
@@ -619,7 +506,7 @@ class Cluster:
 @dataclass
 class Harness:
     tmp: Path
-    imds: Imds
+    imds: ImdsControl
     cluster: Cluster
     agents: dict[str, Agent] = field(default_factory=dict)
 
@@ -682,18 +569,18 @@ async def agent_harness(
     agent settings. Pods and Nodes on ``nodes`` are watched from before the agents start.
     """
     agent_indices = tuple(nodes if agents is None else agents)
-    imds = Imds([vm_name(i) for i in nodes], log_path=tmp_path / "imds.log")
+    imds = ImdsProcess([vm_name(i) for i in nodes], env=child_env(), stderr=tmp_path / "imds.log")
     process = ClusterProcess(
         kubeconfig=tmp_path / "kubeconfig",
         scenario=scenario,
         stderr=tmp_path / "emulator.log",
-        env=_child_env({}),
+        env=child_env(),
     )
     harness: Harness | None = None
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(imds.stop)
+        stack.push_async_callback(imds.stop, STOP_TIMEOUT)
         stack.push_async_callback(process.stop)
-        await asyncio.gather(imds.start(), process.start())
+        await asyncio.gather(imds.start(START_TIMEOUT), process.start())
         if seed:
             await process.control.seed(*seed)
         if emulator:
@@ -702,7 +589,7 @@ async def agent_harness(
         stack.push_async_callback(cluster.close)
         cluster.watch(node_name(i) for i in nodes)
         await cluster.watching()
-        harness = Harness(tmp=tmp_path, imds=imds, cluster=cluster)
+        harness = Harness(tmp=tmp_path, imds=imds.control, cluster=cluster)
         for i in agent_indices:
             agent = Agent(
                 node=node_name(i),
@@ -724,17 +611,6 @@ async def agent_harness(
             # Shown by pytest with the failure: what each agent said.
             print(harness.diagnostics())
             raise
-
-
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 # --- assertions shared by the agent tests ----------------------------------------------------
