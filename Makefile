@@ -3,12 +3,22 @@ VENV        ?= .venv
 PYTHON      ?= python3.11
 PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.spotguard-installed
-# Debian packages the tests need (real servers, not fakes); empty until a test needs one.
-APT_PACKAGES ?=
+# spotguard.step's tests install spotguard + fsspec + adlfs into a bare virtualenv with --no-index
+# from this wheelhouse; it holds hatchling too, so they rebuild spotguard's wheel from the work
+# tree offline rather than trust the copy made here.
+WHEELHOUSE  := wheelhouse
+WHEEL_STAMP := $(WHEELHOUSE)/.spotguard-filled
+# Azurite (Blob Storage emulator) for the checkpoint tests; 3.36+ needs Node >= 21 (we have 20).
+AZURITE_VERSION := 3.35.0
+NPM_PREFIX  := .cache/npm
+AZURITE_STAMP := $(NPM_PREFIX)/.azurite-$(AZURITE_VERSION)
+# Debian packages the tests need (real servers, not fakes): promtool ships in prometheus, amtool in
+# prometheus-alertmanager (bookworm: 2.42.0, 0.25.0).
+APT_PACKAGES ?= prometheus prometheus-alertmanager
 
 .PHONY: setup demo test lint typecheck unit clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(WHEEL_STAMP) $(AZURITE_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@if [ -n "$(strip $(APT_PACKAGES))" ]; then \
@@ -22,12 +32,24 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $(STAMP)
 
+$(WHEEL_STAMP): $(STAMP)
+	@mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip freeze --exclude-editable > $(WHEELHOUSE)/constraints.txt
+	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) .
+	$(PY) -m pip download -q --only-binary=:all: -d $(WHEELHOUSE) -c $(WHEELHOUSE)/constraints.txt \
+	  fsspec adlfs hatchling
+	@touch $@
+
+$(AZURITE_STAMP):
+	npm install --prefix $(NPM_PREFIX) --save-exact --no-audit --no-fund azurite@$(AZURITE_VERSION)
+	@touch $@
+
 demo: setup
 	$(VENV)/bin/spotguard demo
 
 lint: setup
-	$(VENV)/bin/ruff check daemon tests bench
-	$(VENV)/bin/ruff format --check daemon tests bench
+	$(VENV)/bin/ruff check daemon tests bench examples dashboards
+	$(VENV)/bin/ruff format --check daemon tests bench examples dashboards
 
 typecheck: setup
 	$(VENV)/bin/mypy
