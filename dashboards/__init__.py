@@ -1,0 +1,1 @@
+"""The dashboards as code: `generate.py` builds `spotguard.json`."""
