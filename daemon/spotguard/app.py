@@ -8,6 +8,7 @@ acknowledge), with the HTTP server for metrics and probes, as named tasks of one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from spotguard.observability.health import Health, api_version_check
 from spotguard.observability.http import serve_http
 from spotguard.observability.logging import bind_notice, get_logger
 from spotguard.observability.metrics import Metrics
+from spotguard.sinks.alertmanager import AlertmanagerSink
 from spotguard.sinks.events import EventRecorder
 from spotguard.sources.identity import same_name, vm_name_from_provider_id
 from spotguard.sources.imds import (
@@ -256,11 +258,12 @@ async def _agent(
         return EXIT_IDENTITY_MISMATCH
     labels = state.labels
     nodepool = labels.get("kubernetes.azure.com/agentpool") or labels.get("agentpool")
+    cluster = settings.cluster_name or labels.get("kubernetes.azure.com/cluster", "")
     metrics.node_info(
         nodepool=nodepool or "",
         vm_size=labels.get("node.kubernetes.io/instance-type", ""),
         priority=labels.get("kubernetes.azure.com/scalesetpriority", "regular"),
-        cluster=settings.cluster_name or labels.get("kubernetes.azure.com/cluster", ""),
+        cluster=cluster,
     )
     health.identity_resolved = True
     log = log.bind(vm_name=vm_name)
@@ -281,6 +284,17 @@ async def _agent(
         if settings.pod_name and settings.pod_namespace
         else None
     )
+    alerts = (
+        AlertmanagerSink(
+            url=str(settings.alertmanager_url),
+            runbook_base_url=settings.runbook_base_url,
+            clock=clock,
+            log=log,
+            dry_run=settings.dry_run,
+        )
+        if settings.alertmanager_url is not None
+        else None
+    )
     responder = Responder(
         settings=settings,
         node=node,
@@ -294,6 +308,8 @@ async def _agent(
         nodepool=nodepool,
         self_pod=self_pod,
         log=log,
+        alerts=alerts,
+        cluster=cluster,
     )
     store = NoticeStore(vm_name=vm_name, node=node_name, safety_margin=settings.safety_margin)
     first = True
@@ -309,7 +325,9 @@ async def _agent(
 
     poller = _poller(settings, imds, on_document, clock, metrics, log)
     health.imds_last_success = lambda: poller.last_success
-    async with asyncio.TaskGroup() as tasks:
+    async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tasks:
+        if alerts is not None:
+            await stack.enter_async_context(alerts)
         running = [
             tasks.create_task(poller.run(), name="imds-poller"),
             tasks.create_task(responder.run(), name="responder"),

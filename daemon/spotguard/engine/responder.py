@@ -27,8 +27,9 @@ from spotguard.errors import IdentityError, ImdsError
 from spotguard.kube.client import KubeClient, KubeError
 from spotguard.kube.drain import DrainOutcome, DrainResult, drain_node
 from spotguard.kube.nodes import NodeActions, NodeState, Phase, node_state
-from spotguard.model import ChangeType, Notice, NoticeChange
+from spotguard.model import ChangeType, Kind, Notice, NoticeChange
 from spotguard.observability.metrics import Metrics
+from spotguard.sinks.alertmanager import AlertmanagerSink
 from spotguard.sinks.events import Reason
 from spotguard.sources.identity import vm_name_from_provider_id
 from spotguard.sources.imds import ImdsClient
@@ -59,6 +60,8 @@ class Responder:
         nodepool: str | None,
         self_pod: tuple[str, str] | None,
         log: Logger,
+        alerts: AlertmanagerSink | None = None,
+        cluster: str = "",
     ) -> None:
         self._settings = settings
         self._node = node
@@ -72,6 +75,9 @@ class Responder:
         self._nodepool = nodepool
         self._self_pod = self_pod
         self._log = log
+        self._alerts = alerts
+        self._cluster = cluster
+        self._background: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[NoticeChange | set[str]] = asyncio.Queue()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._active: dict[str, Notice] = {}
@@ -98,6 +104,8 @@ class Responder:
         finally:
             await self._cancel_all()
             await self._report.flush()
+            if self._background:  # direct alerts bound their own time (a few seconds)
+                await asyncio.gather(*self._background, return_exceptions=True)
 
     # --- changes -------------------------------------------------------------------------------
 
@@ -147,6 +155,8 @@ class Responder:
             action=plan.action.value,
             resources=list(notice.resources),
         )
+        if notice.kind is Kind.PREEMPT:
+            self._alert(notice, missed_by=None)
         if not plan.touches_node:
             # "record" touches nothing in the cluster, Events included: log and metrics only.
             log.info("notice_recorded_only", hint=f"policy for {notice.kind.value} is record")
@@ -248,9 +258,9 @@ class Responder:
             if margin is not None:
                 self._metrics.deadline_margin(margin)
             else:  # pods left at the deadline: missed, late by at least the time past it
-                self._metrics.deadline_missed_seconds.observe(
-                    max(0.0, outcome.finished_at - deadline)
-                )
+                late = max(0.0, outcome.finished_at - deadline)
+                self._metrics.deadline_missed_seconds.observe(late)
+                self._alert(notice, missed_by=late)
         fields = {
             "result": outcome.result.value,
             "margin_s": None if margin is None else round(margin, 3),
@@ -280,6 +290,28 @@ class Responder:
                 f"drain {outcome.result.value}: {len(left)} pods left ({', '.join(left[:10])})"
                 + (f"; {outcome.error}" if outcome.error else ""),
             )
+
+    def _alert(self, notice: Notice, *, missed_by: float | None) -> None:
+        """Tell Alertmanager directly, beside the work (never before it): the agent's metrics
+        may vanish with the VM before Prometheus scrapes them."""
+        if self._alerts is None:
+            return
+        alerts = self._alerts
+
+        async def send() -> None:
+            if missed_by is None:
+                outcome = await alerts.preemption_imminent(
+                    notice, cluster=self._cluster, nodepool=self._nodepool or ""
+                )
+            else:
+                outcome = await alerts.deadline_missed(
+                    notice, late_s=missed_by, cluster=self._cluster, nodepool=self._nodepool or ""
+                )
+            self._report.action(notice, "alert", outcome.value, timed=False)
+
+        task = asyncio.create_task(send(), name="direct-alert")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _set_phase(self, notice: Notice, phase: Phase) -> None:
         try:
