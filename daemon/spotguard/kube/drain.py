@@ -322,7 +322,9 @@ class _Drain:
         return self._until - self._loop.time()
 
     def _grace(self, pod: _Pod) -> int:
-        left = self._deadline - self._loop.time()
+        # A pod that uses its whole grace is killed at its end, and its deletion still has to
+        # reach the API server and us: keep that headroom before the deadline.
+        left = self._deadline - self._loop.time() - self._options.grace_headroom
         return grace_for(pod.own_grace, left, minimum=self._options.min_grace)
 
     # --- one pod -------------------------------------------------------------------------

@@ -45,6 +45,9 @@ class DrainOptions:
     dry_run: bool = False
     #: timeout of each API call, seconds (a drain has seconds, not minutes)
     request_timeout: float = 2.0
+    #: seconds kept between the end of a shortened grace period and the deadline, for the
+    #: kubelet's kill and the deletion to reach the API server
+    grace_headroom: float = 1.0
     #: time a pod needs to stop once asked (DESIGN.md's stop budget): a PDB refusal is retried
     #: until only this much (or the pod's own grace, if shorter) is left before the deadline
     stop_budget: float = 3.0
@@ -69,6 +72,8 @@ class DrainOptions:
             raise ValueError("min_window must not be negative")
         if self.stop_budget < 0:
             raise ValueError("stop_budget must not be negative")
+        if self.grace_headroom < 0:
+            raise ValueError("grace_headroom must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
