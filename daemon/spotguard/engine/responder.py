@@ -97,10 +97,13 @@ class Responder:
         try:
             while True:
                 item = await self._queue.get()
-                if isinstance(item, set):
-                    await self._reconcile(item)
-                else:
-                    await self._on_change(item)
+                try:
+                    if isinstance(item, set):
+                        await self._reconcile(item)
+                    else:
+                        await self._on_change(item)
+                except Exception:  # a bug handling one change must not end the agent
+                    self._log.exception("responder_error", item=repr(item)[:200])
         finally:
             await self._cancel_all()
             await self._report.flush()
@@ -131,7 +134,7 @@ class Responder:
         self._report.active(self._active)
 
     def _start(self, notice: Notice) -> None:
-        task = asyncio.create_task(self._respond(notice), name=f"notice-{notice.event_id}")
+        task = asyncio.create_task(self._guarded(notice), name=f"notice-{notice.event_id}")
         self._tasks[notice.event_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(notice.event_id, None))
 
@@ -142,6 +145,12 @@ class Responder:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- one notice --------------------------------------------------------------------------
+
+    async def _guarded(self, notice: Notice) -> None:
+        try:
+            await self._respond(notice)
+        except Exception:  # logged here, not lost in an unawaited task; the agent goes on
+            self._report.log(notice).exception("notice_response_crashed")
 
     async def _respond(self, notice: Notice) -> None:
         log = self._report.log(notice)
