@@ -130,9 +130,7 @@ async def watch(
                         "notice_" + change.change.value, status=change.notice.status.value
                     )
                     if change.change is ChangeType.NEW:
-                        metrics.notices.labels(
-                            kind=change.notice.kind.value, source=change.notice.source.value
-                        ).inc()
+                        metrics.notice_seen(change.notice.kind, change.notice.source)
                     out.write(json.dumps(change_record(change)) + "\n")
                     out.flush()
                     if on_change is not None:

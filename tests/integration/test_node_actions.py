@@ -100,7 +100,7 @@ async def test_node_cordoned_by_someone_else_is_not_ours_to_uncordon(
     node = actions(kube_client)
     state = await node.begin(event_id="E1", kind="preempt", deadline=DEADLINE)
     assert state.notices["E1"].cordoned_by_us is False
-    state = await node.finish("E1")
+    _, state = await node.finish("E1")
     assert state.unschedulable is True
     assert taint_keys(state) == sorted([REMEDIATOR["key"], SPOT["key"]])
     assert state.notices == {}
@@ -117,12 +117,12 @@ async def test_several_notices_share_cordon_and_taints_until_the_last(
     assert taint_keys(state).count("spotguard.io/reboot") == 1
     assert all(r.cordoned_by_us for r in state.notices.values())
 
-    state = await node.finish("R1")
+    _, state = await node.finish("R1")
     assert "spotguard.io/reboot" in taint_keys(state)  # R2 is still a reboot
-    state = await node.finish("P1")
+    _, state = await node.finish("P1")
     assert "spotguard.io/preempt" not in taint_keys(state)
     assert state.unschedulable  # R2 still active
-    state = await node.finish("R2")
+    _, state = await node.finish("R2")
     assert not state.unschedulable
     assert taint_keys(state) == [SPOT["key"]]
     assert NOTICES_ANNOTATION not in (

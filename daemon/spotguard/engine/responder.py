@@ -25,7 +25,7 @@ from spotguard.engine.policy import DRAINED_PHASES, Plan, acknowledgement_allowe
 from spotguard.engine.reporting import Reporter
 from spotguard.errors import IdentityError, ImdsError
 from spotguard.kube.client import KubeClient, KubeError
-from spotguard.kube.drain import DrainOutcome, DrainResult, drain_node
+from spotguard.kube.drain import DrainOutcome, DrainResult, PodOutcome, drain_node
 from spotguard.kube.nodes import NodeActions, NodeState, Phase, node_state
 from spotguard.model import ChangeType, Kind, Notice, NoticeChange
 from spotguard.observability.metrics import Metrics
@@ -40,6 +40,8 @@ Logger = structlog.typing.FilteringBoundLogger
 #: minimum): without the cordon, replacements of evicted pods land right back on the node.
 CORDON_HOLD_SHARE = 0.5
 CORDON_HOLD_MIN = 1.0
+#: Pod outcomes that leave a pod on the node at the end of a drain.
+LEFT_BEHIND = frozenset({PodOutcome.STILL_PRESENT, PodOutcome.BLOCKED, PodOutcome.FAILED})
 #: How often to look again whether every node of a multi-VM event has drained.
 ACK_RECHECK_INTERVAL = 1.0
 
@@ -251,11 +253,11 @@ class Responder:
             notice.kind, outcome.result.value, outcome.finished_at - outcome.started_at
         )
         for pod in outcome.pods:
-            if pod.outcome.value == "evicted":
+            if pod.outcome is PodOutcome.EVICTED:
                 self._metrics.action("evict", "success")
-            elif pod.outcome.value == "deleted_after_pdb":
+            elif pod.outcome is PodOutcome.DELETED_AFTER_PDB:
                 self._metrics.action("delete", "success")
-            elif pod.outcome.value in ("failed", "blocked", "still_present"):
+            elif pod.outcome in LEFT_BEHIND:
                 self._metrics.action("evict", "error")
         now = asyncio.get_running_loop().time()
         if outcome.all_asked_at is not None:
@@ -288,11 +290,7 @@ class Responder:
             )
         else:
             log.warning("notice_drain_incomplete", error=outcome.error, **fields)
-            left = [
-                f"{p.namespace}/{p.name}"
-                for p in outcome.pods
-                if p.outcome.value in ("still_present", "blocked", "failed")
-            ]
+            left = [f"{p.namespace}/{p.name}" for p in outcome.pods if p.outcome in LEFT_BEHIND]
             self._report.event(
                 notice,
                 Reason.DRAIN_FAILED,
@@ -405,8 +403,7 @@ class Responder:
 
     async def _finish(self, notice: Notice) -> None:
         try:
-            before = await self._node.read()
-            after = await self._node.finish(notice.event_id)
+            before, after = await self._node.finish(notice.event_id)
         except KubeError as exc:
             self._report.action(notice, "uncordon", "error", timed=False, error=str(exc))
             return

@@ -234,11 +234,15 @@ class NodeActions:
 
         return await self.update(change, action="annotate")
 
-    async def finish(self, event_id: str) -> NodeState:
+    async def finish(self, event_id: str) -> tuple[NodeState, NodeState]:
         """Forget a notice: drop its taint when no notice of its kind remains, and uncordon when
-        we cordoned and no notice remains at all."""
+        we cordoned and no notice remains at all. Returns the node as it was and as it is now
+        (the caller tells from the two whether it was uncordoned)."""
+
+        read: list[NodeState] = []
 
         def change(state: NodeState) -> NodeState:
+            read.append(state)  # the last one is the state the write changed
             record = state.notices.get(event_id)
             if record is None:
                 return state
@@ -251,7 +255,8 @@ class NodeActions:
                 unschedulable = False
             return replace(state, unschedulable=unschedulable, taints=taints, notices=notices)
 
-        return await self.update(change, action="uncordon")
+        after = await self.update(change, action="uncordon")
+        return read[-1], after
 
 
 def _with_taint(taints: tuple[JSON, ...], kind: str, event_id: str) -> tuple[JSON, ...]:
