@@ -18,6 +18,7 @@ from typing import TextIO
 import aiohttp
 from prometheus_client import CollectorRegistry
 
+from spotguard.checkpoint.protocol import CheckpointRequester
 from spotguard.clock import Clock, SystemClock
 from spotguard.config import Settings
 from spotguard.engine.reporting import Reporter
@@ -293,6 +294,18 @@ async def _agent(
         if settings.alertmanager_url is not None
         else None
     )
+    # Step pods are reached directly by IP: never through a proxy, one short connection each.
+    checkpoint_http = aiohttp.ClientSession(
+        trust_env=False, connector=aiohttp.TCPConnector(limit=0, force_close=True)
+    )
+    checkpoints = CheckpointRequester(
+        kube=kube,
+        http=checkpoint_http,
+        clock=clock,
+        dry_run=settings.dry_run,
+        api_timeout=settings.kube_request_timeout,
+        log=log,
+    )
     responder = Responder(
         settings=settings,
         node=node,
@@ -307,6 +320,7 @@ async def _agent(
         self_pod=self_pod,
         log=log,
         alerts=alerts,
+        checkpoints=checkpoints,
         cluster=cluster,
     )
     store = NoticeStore(vm_name=vm_name, node=node_name, safety_margin=settings.safety_margin)
@@ -324,6 +338,7 @@ async def _agent(
     poller = _poller(settings, imds, on_document, clock, metrics, log)
     health.imds_last_success = lambda: poller.last_success
     async with contextlib.AsyncExitStack() as stack, asyncio.TaskGroup() as tasks:
+        stack.push_async_callback(checkpoint_http.close)
         if alerts is not None:
             await stack.enter_async_context(alerts)
         running = [

@@ -30,9 +30,11 @@ EXIT_WITHIN = 5.0
 
 
 async def _mid_drain(h: Harness, node: str, event_id: str, injected_at: float) -> set[str]:
-    """Wait until the annotation says draining and some pods are leaving; their keys."""
+    """Wait until the annotation says draining (checkpointing: the scenario has pipeline steps)
+    and some pods are leaving; their keys."""
     await h.wait_for(
-        lambda: h.cluster.phase_at(node, event_id, "draining"),
+        lambda: h.cluster.phase_at(node, event_id, "draining")
+        or h.cluster.phase_at(node, event_id, "checkpointing"),
         timeout=NOTICE / 2,
         what="the draining phase",
     )
@@ -115,7 +117,7 @@ async def test_sigterm_mid_drain_exits_promptly_with_phase_recorded(tmp_path: Pa
         assert code == 0, f"exit code {code} after SIGTERM ({took:.1f}s)"
         assert took < EXIT_WITHIN
         record = notices_of(await h.cluster.node(node))[event_id]
-        assert record["phase"] in {"draining", "drained"}, record
+        assert record["phase"] in {"checkpointing", "draining", "drained"}, record
         # Mid-drain indeed (resuming after a restart is the test above).
         assert any(p.gone_at is None for p in pods)
         assert agent.errors() == [], agent.errors()

@@ -23,6 +23,7 @@ from spotguard.kube.drain import (
     DrainOptions,
     DrainOutcome,
     DrainResult,
+    PodHold,
     PodOutcome,
     drain_node,
 )
@@ -558,14 +559,21 @@ async def test_held_pods_wait_for_their_checkpoint(emulator: ClusterEmulator) ->
         *_nodes(),
         make_pod("step-a", namespace="kubeflow", node=NODE),
         make_pod("step-b", namespace="kubeflow", node=NODE),
+        make_pod("step-c", namespace="kubeflow", node=NODE),
         make_pod("web", node=NODE),
     )
     loop = asyncio.get_running_loop()
     async with _client(emulator.url) as kube:
         start = loop.time()
-        holds = {("kubeflow", "step-a"): start + 3.0, ("kubeflow", "step-b"): start + 0.8}
+        released = asyncio.Event()
+        holds = {
+            ("kubeflow", "step-a"): PodHold(start + 3.0),
+            ("kubeflow", "step-b"): PodHold(start + 0.8),
+            ("kubeflow", "step-c"): PodHold(start + 3.0, released),
+        }
         drain = asyncio.create_task(_drain(kube, seconds=5, holds=holds))
         await asyncio.sleep(0.3)
+        released.set()  # step-c did not answer its checkpoint request: evict it now
         # step-a saved its checkpoint and exited non-zero: it needs no eviction.
         await kube.request(
             "PATCH",
@@ -582,6 +590,9 @@ async def test_held_pods_wait_for_their_checkpoint(emulator: ClusterEmulator) ->
     assert pods["step-b"].outcome is PodOutcome.EVICTED
     assert pods["step-b"].asked_at is not None
     assert pods["step-b"].asked_at - start >= 0.8
+    assert pods["step-c"].outcome is PodOutcome.EVICTED
+    assert pods["step-c"].asked_at is not None
+    assert 0.3 <= pods["step-c"].asked_at - start < 0.6
     assert pods["web"].asked_at is not None
     assert pods["web"].asked_at - start < 0.5
     assert outcome.result is DrainResult.DRAINED

@@ -1,10 +1,12 @@
 """The responder: turns notice changes into the plan for each, run against the deadline.
 
 One task per active notice. For a notice that touches the node: record it on the node, taint and
-cordon (one write, the first thing sent), then drain with the deadline's time budget, then
-acknowledge when policy and DESIGN.md's rule allow. A cancelled notice is rolled back (taint,
-record, and the cordon if it was ours and nothing else is active); a completed one too, since a
-VM that is still here after its event came through (reboot, redeploy) is usable again.
+cordon (one write, the first thing sent) while the node's pipeline steps are asked to checkpoint,
+then drain with the deadline's time budget (steps saving a checkpoint are held until they exit
+or their checkpoint deadline passes), then acknowledge when policy and DESIGN.md's rule allow.
+A cancelled notice is rolled back (taint, record, and the cordon if it was ours and nothing else
+is active); a completed one too, since a VM that is still here after its event came through
+(reboot, redeploy) is usable again.
 
 Every step is idempotent and recorded on the node, so an agent that restarts mid-drain resumes
 from the annotation: finished steps are not redone and Events are not duplicated (their names
@@ -15,10 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
+from spotguard.checkpoint.protocol import (
+    CheckpointRequester,
+    CheckpointRound,
+    RoundRequest,
+    stop_round,
+)
+from spotguard.checkpoint.targets import METRIC_OUTCOME, Outcome, summary
 from spotguard.clock import Clock, rfc3339
 from spotguard.config import Action, Settings
 from spotguard.engine.policy import DRAINED_PHASES, Plan, acknowledgement_allowed, plan_for
@@ -63,6 +72,7 @@ class Responder:
         self_pod: tuple[str, str] | None,
         log: Logger,
         alerts: AlertmanagerSink | None = None,
+        checkpoints: CheckpointRequester | None = None,
         cluster: str = "",
     ) -> None:
         self._settings = settings
@@ -78,6 +88,7 @@ class Responder:
         self._self_pod = self_pod
         self._log = log
         self._alerts = alerts
+        self._checkpoints = checkpoints
         self._cluster = cluster
         self._background: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[NoticeChange | set[str]] = asyncio.Queue()
@@ -175,6 +186,8 @@ class Responder:
         self._report.event(notice, Reason.NOTICE, _notice_message(notice))
         deadline = wall_to_loop(notice.deadline, self._clock)
         cordon = asyncio.create_task(self._cordon(notice, deadline), name="cordon")
+        # Checkpoint requests go out beside the cordon, never after it.
+        starting = self._start_checkpoints(notice, plan, deadline)
         # The cordon normally takes milliseconds. Evicting before it lands would let the
         # evicted pods' replacements be scheduled right back onto this node, so the drain waits
         # for it — but only for half the time left: pods must still leave before the VM does.
@@ -186,12 +199,55 @@ class Responder:
         except TimeoutError:
             log.warning("drain_without_cordon", waited_s=round(hold, 3))
             state = None
+        round_ = None
         try:
-            await self._carry_out(notice, plan, state)
+            # Bounded by one pod list (the API timeout): the holds must be known before any
+            # eviction, or a step could be evicted (not retried) while it saves.
+            round_ = await starting if starting is not None else None
+            await self._carry_out(notice, plan, state, round_)
+            if round_ is not None:
+                await self._report_checkpoints(notice, round_)
         finally:
             cordon.cancel()
+            if starting is not None and not starting.done():
+                starting.cancel()
+            await stop_round(round_)
             with contextlib.suppress(asyncio.CancelledError):
                 await cordon
+
+    def _start_checkpoints(
+        self, notice: Notice, plan: Plan, deadline: float
+    ) -> asyncio.Task[CheckpointRound] | None:
+        if self._checkpoints is None or plan.action is not Action.DRAIN:
+            return None
+        budget = self._settings.stop_budget
+        request = RoundRequest(
+            event_id=notice.event_id,
+            kind=notice.kind.value,
+            node=self._node_name,
+            deadline=deadline - budget,
+            deadline_wall=notice.deadline - timedelta(seconds=budget),
+        )
+        return asyncio.create_task(
+            self._checkpoints.start(request, self._report.log(notice)), name="checkpoints"
+        )
+
+    async def _report_checkpoints(self, notice: Notice, round_: CheckpointRound) -> None:
+        results = await round_.wait()
+        if not results:
+            return
+        sent = [r.sent_at for r in results if r.sent_at is not None]
+        if sent:
+            now = asyncio.get_running_loop().time()
+            since = self._report.seconds_since_notice(notice) - (now - max(sent))
+            self._metrics.notice_to_action("checkpoint", max(0.0, since))
+        for result in results:
+            self._metrics.action("checkpoint", METRIC_OUTCOME[result.outcome])
+            if result.outcome is Outcome.SAVED:
+                self._metrics.checkpoint_finished(result.seconds)
+        message = summary(list(results))
+        self._report.log(notice).info("checkpoints_finished", summary=message)
+        self._report.event(notice, Reason.CHECKPOINT_REQUESTED, message)
 
     async def _cordon(self, notice: Notice, deadline: float) -> NodeState | None:
         """Record, taint and cordon; retried with backoff until it works or the deadline."""
@@ -224,23 +280,35 @@ class Responder:
             )
             return state
 
-    async def _carry_out(self, notice: Notice, plan: Plan, state: NodeState | None) -> None:
+    async def _carry_out(
+        self,
+        notice: Notice,
+        plan: Plan,
+        state: NodeState | None,
+        round_: CheckpointRound | None,
+    ) -> None:
         log = self._report.log(notice)
         phase = _phase_of(state, notice.event_id)
         if plan.action is Action.DRAIN and phase not in DRAINED_PHASES:
-            phase = await self._drain(notice, plan)
+            phase = await self._drain(notice, plan, round_)
         elif phase in DRAINED_PHASES:
             log.info("notice_resumed", phase=phase.value if phase else None)
         if plan.acknowledge and phase is Phase.DRAINED:
             await self._acknowledge(notice)
 
-    async def _drain(self, notice: Notice, plan: Plan) -> Phase:
+    async def _drain(self, notice: Notice, plan: Plan, round_: CheckpointRound | None) -> Phase:
         log = self._report.log(notice)
         deadline = wall_to_loop(notice.deadline, self._clock)
+        holds = round_.holds if round_ is not None else {}
         async with self._drain_lock:
-            await self._set_phase(notice, Phase.DRAINING)
+            await self._set_phase(notice, Phase.CHECKPOINTING if holds else Phase.DRAINING)
             outcome = await drain_node(
-                self._kube, self._node_name, deadline=deadline, log=log, options=plan.drain
+                self._kube,
+                self._node_name,
+                deadline=deadline,
+                log=log,
+                options=plan.drain,
+                holds=holds,
             )
         self._record_drain(notice, outcome, deadline)
         phase = Phase.DRAINED if outcome.result is DrainResult.DRAINED else Phase.FAILED

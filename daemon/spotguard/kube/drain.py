@@ -20,6 +20,7 @@ import contextlib
 import enum
 import math
 import random
+from asyncio import FIRST_COMPLETED
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ __all__ = [
     "DrainOptions",
     "DrainOutcome",
     "DrainResult",
+    "PodHold",
     "PodOutcome",
     "PodReport",
     "drain_node",
@@ -143,6 +145,18 @@ def overall_result(reports: Iterable[PodReport], *, listed: bool) -> DrainResult
     return DrainResult.FAILED
 
 
+@dataclass(frozen=True, slots=True)
+class PodHold:
+    """Do not ask a pod to leave before ``until`` (loop time), unless ``released`` is set first.
+
+    A pipeline step that is saving its checkpoint must exit by itself: evicted, it would be
+    "deleted" (not retried by Argo) instead of "failed" (retried). Its requester releases the
+    hold as soon as the step will not exit by itself (no answer, an error)."""
+
+    until: float
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
 def backoff(attempt: int, options: DrainOptions, rng: random.Random) -> float:
     """Exponential from ``retry_min`` to ``retry_max``, jittered down by up to half."""
     ceiling = min(options.retry_max, options.retry_min * 2.0 ** min(attempt, 16))
@@ -156,15 +170,15 @@ async def drain_node(
     deadline: float,
     log: Logger,
     options: DrainOptions | None = None,
-    holds: Mapping[tuple[str, str], float] | None = None,
+    holds: Mapping[tuple[str, str], PodHold] | None = None,
     rng: random.Random | None = None,
 ) -> DrainOutcome:
     """Move the pods off ``node`` (already cordoned by the caller) before ``deadline``.
 
     ``deadline`` is an event-loop time; grace periods are cut to fit it, and the drain returns
     by it (or ``options.min_window`` after the start, when it had nearly passed already).
-    ``holds`` maps (namespace, name) to a loop time before which that pod is not asked to leave
-    (a pipeline step saving its checkpoint); a hold ends early when the pod leaves or finishes
+    ``holds`` keeps some pods (pipeline steps saving a checkpoint) from being asked to leave
+    until their hold ends: at its time, when it is released, or when the pod leaves or finishes
     by itself. Never raises for an API failure.
     """
     drain = _Drain(
@@ -185,7 +199,7 @@ class _Pod:
 
     ref: PodRef
     own_grace: int
-    hold_until: float | None = None
+    hold: PodHold | None = None
     requests: int = 0
     asked_at: float | None = None
     #: EVICTED or DELETED_AFTER_PDB once a request to leave was accepted
@@ -213,7 +227,7 @@ class _Drain:
         *,
         deadline: float,
         options: DrainOptions,
-        holds: Mapping[tuple[str, str], float],
+        holds: Mapping[tuple[str, str], PodHold],
         log: Logger,
         rng: random.Random,
     ) -> None:
@@ -279,7 +293,7 @@ class _Drain:
         if reason is not None:
             self._skip(ref, reason)
             return
-        pod = _Pod(ref=ref, own_grace=own_grace(obj), hold_until=self._holds.get(ref.key))
+        pod = _Pod(ref=ref, own_grace=own_grace(obj), hold=self._holds.get(ref.key))
         self._pods[ref.uid] = pod
         self._by_key[ref.key] = pod
         task = asyncio.create_task(self._move(pod), name=f"drain-{ref}")
@@ -331,8 +345,8 @@ class _Drain:
 
     async def _move(self, pod: _Pod) -> None:
         try:
-            if pod.hold_until is not None:
-                await self._hold(pod)
+            if pod.hold is not None:
+                await self._hold(pod, pod.hold)
             if pod.gone.is_set():
                 return
             await self._evict(pod)
@@ -342,14 +356,23 @@ class _Drain:
         finally:
             self._changed.set()
 
-    async def _hold(self, pod: _Pod) -> None:
-        assert pod.hold_until is not None
-        wait = min(pod.hold_until, self._until) - self._loop.time()
-        if wait > 0 and self._options.dry_run:
+    async def _hold(self, pod: _Pod, hold: PodHold) -> None:
+        wait = min(hold.until, self._until) - self._loop.time()
+        if wait <= 0 or hold.released.is_set():
+            return
+        if self._options.dry_run:
             self._log.info("dry_run_hold", pod=str(pod.ref), seconds=round(wait, 3))
-        elif wait > 0:
-            self._log.info("pod_held", pod=str(pod.ref), seconds=round(wait, 3))
-            await self._pause(pod, wait)
+            return
+        self._log.info("pod_held", pod=str(pod.ref), seconds=round(wait, 3))
+        released = asyncio.create_task(hold.released.wait())
+        gone = asyncio.create_task(pod.gone.wait())
+        try:
+            await asyncio.wait({released, gone}, timeout=wait, return_when=FIRST_COMPLETED)
+        finally:
+            released.cancel()
+            gone.cancel()
+        if hold.released.is_set() and not pod.gone.is_set():
+            self._log.info("pod_hold_released", pod=str(pod.ref))
 
     async def _evict(self, pod: _Pod) -> None:
         attempt = 0
