@@ -15,10 +15,14 @@ AZURITE_STAMP := $(NPM_PREFIX)/.azurite-$(AZURITE_VERSION)
 # Debian packages the tests need (real servers, not fakes): promtool ships in prometheus, amtool in
 # prometheus-alertmanager (bookworm: 2.42.0, 0.25.0).
 APT_PACKAGES ?= prometheus prometheus-alertmanager
+# spotguard.kfp's tests compile pipelines in a virtualenv of their own (kfp pins requests and
+# urllib3 exactly): the `kfp` extra's packages, plus spotguard from the work tree without its deps.
+KFP_VENV    := .cache/kfp-venv
+KFP_STAMP   := $(KFP_VENV)/.spotguard-kfp-installed
 
 .PHONY: setup demo test lint typecheck unit clean
 
-setup: $(STAMP) $(WHEEL_STAMP) $(AZURITE_STAMP)
+setup: $(STAMP) $(WHEEL_STAMP) $(AZURITE_STAMP) $(KFP_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@if [ -n "$(strip $(APT_PACKAGES))" ]; then \
@@ -38,6 +42,14 @@ $(WHEEL_STAMP): $(STAMP)
 	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) .
 	$(PY) -m pip download -q --only-binary=:all: -d $(WHEELHOUSE) -c $(WHEELHOUSE)/constraints.txt \
 	  fsspec adlfs hatchling
+	@touch $@
+
+$(KFP_STAMP): pyproject.toml Makefile
+	@[ -x $(KFP_VENV)/bin/python ] || $(PYTHON) -m venv $(KFP_VENV)
+	$(KFP_VENV)/bin/python -m pip install -q --upgrade pip
+	$(KFP_VENV)/bin/python -m pip install -q $$($(PYTHON) -c 'import tomllib; \
+	  print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["kfp"]))')
+	$(KFP_VENV)/bin/python -m pip install -q --no-deps -e .
 	@touch $@
 
 $(AZURITE_STAMP):
