@@ -248,6 +248,7 @@ def test_safe_points_save_every_n_units(tmp_path: Path) -> None:
     ("env", "message"),
     [
         ({}, "SPOTGUARD_CHECKPOINT_URL is not set"),
+        ({"SPOTGUARD_CHECKPOINT_URL": "/ckpt/{{workflow.uid}}/s"}, "still holds a template"),
         ({"SPOTGUARD_CHECKPOINT_URL": "/tmp/x", "KFP_RETRY_INDEX": "one"}, "KFP_RETRY_INDEX"),
         ({"SPOTGUARD_CHECKPOINT_URL": "/tmp/x", "SPOTGUARD_CHECKPOINT_KEEP": "0"}, "KEEP"),
         ({"SPOTGUARD_CHECKPOINT_URL": "/tmp/x", "SPOTGUARD_TERMINATION_GRACE": "-1"}, "GRACE"),

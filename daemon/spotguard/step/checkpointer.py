@@ -131,6 +131,13 @@ class Checkpointer:
         location = env.get("SPOTGUARD_CHECKPOINT_URL", "")
         if not location and "location" not in overrides:
             raise SettingError("SPOTGUARD_CHECKPOINT_URL is not set (where checkpoints go)")
+        if "{{" in location:
+            # A template nobody filled in (an Argo/KFP placeholder used where it is not
+            # substituted): every run would share one location and restore another's state.
+            raise SettingError(
+                f"SPOTGUARD_CHECKPOINT_URL still holds a template: {location!r}; the workflow "
+                "engine did not substitute it"
+            )
         retry = env.get("SPOTGUARD_RETRY_INDEX") or env.get("KFP_RETRY_INDEX") or "0"
         settings: dict[str, Any] = {
             "location": location,
