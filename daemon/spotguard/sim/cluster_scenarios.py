@@ -301,6 +301,8 @@ def spot_node() -> list[dict[str, Any]]:
         )
     )
     # Kubeflow pipeline steps (Argo Workflow pods) that checkpoint over HTTP and stop slowly.
+    # Their pod IP is loopback: an agent run against this scenario asks them to checkpoint, and
+    # its requests must not leave the machine (nothing listens there unless a test serves it).
     token = base64.b64encode(b"sim-checkpoint-token").decode()
     objects.append(
         {
@@ -318,7 +320,7 @@ def spot_node() -> list[dict[str, Any]]:
                 "kubeflow",
                 f"train-pipeline-x7k2p-system-container-impl-{1234567890 + i}",
                 SPOT_NODE,
-                f"10.244.0.{30 + i}",
+                "127.0.0.1",
                 grace=120,
                 owner=workflow,
                 labels={
@@ -328,7 +330,7 @@ def spot_node() -> list[dict[str, Any]]:
                 },
                 annotations={
                     "spotguard.io/checkpoint": "http",
-                    "spotguard.io/checkpoint-port": "8471",
+                    "spotguard.io/checkpoint-port": str(18471 + i),
                     "spotguard.io/checkpoint-path": "/checkpoint",
                 },
                 volumes=[{"name": "kfp-launcher", "emptyDir": {}}],
