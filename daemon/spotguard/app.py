@@ -33,7 +33,9 @@ from spotguard.observability.http import serve_http
 from spotguard.observability.logging import bind_notice, get_logger
 from spotguard.observability.metrics import Metrics
 from spotguard.sinks.alertmanager import AlertmanagerSink
+from spotguard.sinks.cloudevents import Origin
 from spotguard.sinks.events import EventRecorder
+from spotguard.sinks.servicebus import Auth, ServiceBusPublisher, auth_from
 from spotguard.sources.identity import same_name, vm_name_from_provider_id
 from spotguard.sources.imds import (
     ImdsClient,
@@ -205,6 +207,7 @@ async def run(
             "(downward API: spec.nodeName); `run` needs it"
         )
     node_name = settings.node_name
+    servicebus = _servicebus_auth(settings)
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     remove_handlers = _stop_on_signals(stop)
@@ -223,10 +226,20 @@ async def run(
             serve_http(address=settings.http_address, registry=metrics.registry, health=health),
         ):
             imds = _imds_client(settings, session, metrics)
-            return await _agent(settings, node_name, kube, imds, metrics, health, clock, stop, log)
+            return await _agent(
+                settings, node_name, kube, imds, metrics, health, clock, stop, log, servicebus
+            )
     finally:
         remove_handlers()
         await kube.close()
+
+
+def _servicebus_auth(settings: Settings) -> Auth | None:
+    """Publishing is on when an entity is named; then its credentials must be right at start."""
+    if not settings.servicebus_entity:
+        return None
+    secret = settings.servicebus_connection_string
+    return auth_from(secret.get_secret_value() if secret else None, settings.servicebus_namespace)
 
 
 async def _agent(
@@ -239,6 +252,7 @@ async def _agent(
     clock: Clock,
     stop: asyncio.Event,
     log: Logger,
+    servicebus: Auth | None,
 ) -> int:
     async def identify() -> tuple[str, JSON]:
         vm = await _vm_name(settings, imds, log)
@@ -277,7 +291,25 @@ async def _agent(
         dry_run=settings.dry_run,
         log=log,
     )
-    reporter = Reporter(metrics=metrics, events=events, clock=clock, log=log)
+    publisher = (
+        ServiceBusPublisher(
+            auth=servicebus,
+            entity=settings.servicebus_entity or "",
+            metrics=metrics,
+            log=log,
+            dry_run=settings.dry_run,
+        )
+        if servicebus is not None
+        else None
+    )
+    reporter = Reporter(
+        metrics=metrics,
+        events=events,
+        clock=clock,
+        log=log,
+        publisher=publisher,
+        origin=Origin(cluster=cluster, node=node_name, nodepool=nodepool or ""),
+    )
     self_pod = (
         (settings.pod_namespace, settings.pod_name)
         if settings.pod_name and settings.pod_namespace
@@ -345,6 +377,8 @@ async def _agent(
             tasks.create_task(poller.run(), name="imds-poller"),
             tasks.create_task(responder.run(), name="responder"),
         ]
+        if publisher is not None:
+            running.append(tasks.create_task(publisher.run(), name="servicebus-publisher"))
         health.tasks_running = lambda: not any(t.done() for t in running)
         await stop.wait()
         log.info("agent_stopping")

@@ -1,5 +1,5 @@
 """One helper through which every step of a response reports: a log line, a metric and, where it
-helps, a Kubernetes Event — so the three never disagree about what happened."""
+helps, a Kubernetes Event and a Service Bus message — so they never disagree about what happened."""
 
 from __future__ import annotations
 
@@ -12,19 +12,30 @@ from spotguard.clock import Clock
 from spotguard.model import Kind, Notice
 from spotguard.observability.logging import bind_notice
 from spotguard.observability.metrics import Metrics
+from spotguard.sinks.cloudevents import Origin, Phase, notice_event, outcome_event
 from spotguard.sinks.events import EventRecorder, Reason
+from spotguard.sinks.servicebus import ServiceBusPublisher
 
 Logger = structlog.typing.FilteringBoundLogger
 
 
 class Reporter:
     def __init__(
-        self, *, metrics: Metrics, events: EventRecorder, clock: Clock, log: Logger
+        self,
+        *,
+        metrics: Metrics,
+        events: EventRecorder,
+        clock: Clock,
+        log: Logger,
+        publisher: ServiceBusPublisher | None = None,
+        origin: Origin | None = None,
     ) -> None:
         self._metrics = metrics
         self._events = events
         self._clock = clock
         self._log = log
+        self._publisher = publisher
+        self._origin = origin
         self._pending: set[asyncio.Task[bool]] = set()
 
     def log(self, notice: Notice) -> Logger:
@@ -55,6 +66,20 @@ class Reporter:
         )
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+
+    def publish(self, notice: Notice, phase: Phase, **outcome: object) -> None:
+        """Queue the notice (``NOTICED``) or an outcome for Service Bus; never waits."""
+        if self._publisher is None or self._origin is None:
+            return
+        now = self._clock.now()
+        if phase is Phase.NOTICED:
+            message = notice_event(notice, self._origin, now)
+        else:
+            message = outcome_event(notice, self._origin, now, phase, **outcome)
+        # Retried while the VM may still be there to send it: until NotBefore.
+        ends = notice.not_before or notice.deadline
+        window_end = asyncio.get_running_loop().time() + (ends - now).total_seconds()
+        self._publisher.publish(message, window_end=window_end)
 
     async def flush(self) -> None:
         """Wait for Events still being recorded (before exit, and in tests)."""

@@ -39,6 +39,7 @@ from spotguard.kube.nodes import NodeActions, NodeState, Phase, node_state
 from spotguard.model import ChangeType, Kind, Notice, NoticeChange
 from spotguard.observability.metrics import Metrics
 from spotguard.sinks.alertmanager import AlertmanagerSink
+from spotguard.sinks.cloudevents import Phase as MessagePhase
 from spotguard.sinks.events import Reason
 from spotguard.sources.identity import vm_name_from_provider_id
 from spotguard.sources.imds import ImdsClient
@@ -130,6 +131,7 @@ class Responder:
         if change.change is ChangeType.NEW:
             self._active[notice.event_id] = notice
             self._report.noticed(notice)
+            self._report.publish(notice, MessagePhase.NOTICED)
             self._start(notice)
         elif change.change is ChangeType.UPDATED:
             self._active[notice.event_id] = notice
@@ -247,6 +249,21 @@ class Responder:
                 self._metrics.checkpoint_finished(result.seconds)
         message = summary(list(results))
         self._report.log(notice).info("checkpoints_finished", summary=message)
+        self._report.publish(
+            notice,
+            MessagePhase.CHECKPOINTED,
+            result="saved" if all(r.outcome is Outcome.SAVED for r in results) else "partial",
+            steps=[
+                {
+                    "namespace": r.namespace,
+                    "pod": r.name,
+                    "result": r.outcome.value,
+                    "location": r.location or None,
+                    "bytes": r.size,
+                }
+                for r in results
+            ],
+        )
         self._report.event(notice, Reason.CHECKPOINT_REQUESTED, message)
 
     async def _cordon(self, notice: Notice, deadline: float) -> NodeState | None:
@@ -270,6 +287,9 @@ class Responder:
             record = state.notices.get(notice.event_id)
             ours = bool(record and record.cordoned_by_us)
             self._report.action(notice, "cordon", "success", cordoned_by_us=ours)
+            self._report.publish(
+                notice, MessagePhase.CORDONED, result="success", cordoned_by_us=ours, taint=True
+            )
             self._report.action(notice, "taint", "success", timed=False)
             self._report.event(
                 notice,
@@ -347,6 +367,7 @@ class Responder:
             **counts,
         }
         log = self._report.log(notice)
+        self._report.publish(notice, MessagePhase.DRAINED, dry_run=outcome.dry_run, **fields)
         if outcome.result is DrainResult.DRAINED:
             log.info("notice_drained", **fields)
             self._report.event(
@@ -433,6 +454,7 @@ class Responder:
             self._report.action(notice, "acknowledge", "error", error=str(exc))
             return
         self._report.action(notice, "acknowledge", "success")
+        self._report.publish(notice, MessagePhase.ACKNOWLEDGED, result="success")
         self._report.event(notice, Reason.ACKNOWLEDGED, "acknowledged (StartRequests) after drain")
         await self._set_phase(notice, Phase.ACKNOWLEDGED)
 
@@ -463,6 +485,9 @@ class Responder:
     async def _forget(self, notice: Notice, *, cancelled: bool) -> None:
         log = self._report.log(notice)
         log.info("notice_gone", cancelled=cancelled, status=notice.status.value)
+        self._report.publish(
+            notice, MessagePhase.ENDED, result="cancelled" if cancelled else "completed"
+        )
         if cancelled:
             self._report.event(notice, Reason.CANCELLED, "Azure cancelled the scheduled event")
         if not plan_for(notice, self._settings).touches_node:
