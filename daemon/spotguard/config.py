@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,6 +25,8 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic_settings import (
     BaseSettings,
@@ -76,6 +79,48 @@ def _host_port(value: str) -> str:
 
 
 HostPort = Annotated[str, AfterValidator(_host_port)]
+
+_TAINT = re.compile(
+    r"^(?P<key>(?:[a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)"
+    r"(?:=(?P<value>[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?)?"
+    r":(?P<effect>NoSchedule|PreferNoSchedule|NoExecute)$"
+)
+TAINT_HELP = "a taint written key=value:Effect (Effect: NoSchedule, PreferNoSchedule, NoExecute)"
+
+
+@dataclass(frozen=True, slots=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+    def __str__(self) -> str:
+        value = f"={self.value}" if self.value else ""
+        return f"{self.key}{value}:{self.effect}"
+
+    def to_json(self) -> dict[str, str]:
+        taint = {"key": self.key, "effect": self.effect}
+        if self.value:
+            taint["value"] = self.value
+        return taint
+
+
+def parse_taint(value: object) -> Taint:
+    """``key=value:Effect`` (as kubectl writes it) → Taint; ValueError says what is allowed."""
+    if isinstance(value, Taint):
+        return value
+    match = _TAINT.match(value.strip()) if isinstance(value, str) else None
+    if match is None or len(match.group("key").rpartition("/")[2]) > 63:
+        raise ValueError(f"expected {TAINT_HELP}")
+    return Taint(match.group("key"), match.group("value") or "", match.group("effect"))
+
+
+def _taint_text(value: str) -> str:
+    return str(parse_taint(value))
+
+
+#: A taint as text (``parse_taint`` reads it): a plain string in the environment and in YAML.
+TaintText = Annotated[str, AfterValidator(_taint_text)]
 
 
 class LogFormat(enum.StrEnum):
@@ -244,6 +289,59 @@ class Settings(BaseSettings):
         default="https://github.com/spotguard/spotguard/blob/main/docs/runbooks/",
         description="Base of runbook links in direct alerts.",
     )
+
+    # --- queue mode -----------------------------------------------------------------------
+    queue_not_ready_after: Duration = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="A node whose VM was evicted gets the out-of-service taint once it has "
+        "not been Ready for this long.",
+    )
+    queue_taint: TaintText = Field(
+        default="node.kubernetes.io/out-of-service=nodeshutdown:NoExecute",
+        description="The taint queue mode puts on a node whose VM is gone (key=value:Effect).",
+    )
+    queue_reconcile_interval: Duration = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="How often queue mode looks for nodes it tainted that are Ready again.",
+    )
+    queue_lease_duration: Duration = Field(
+        default=15.0, ge=1, le=300, description="Leader election: how long a lease is valid."
+    )
+    queue_renew_deadline: Duration = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="Leader election: the leader steps down when it could not renew for this "
+        "long (less than queue_lease_duration).",
+    )
+    queue_retry_period: Duration = Field(
+        default=2.0,
+        ge=0.1,
+        le=60,
+        description="Leader election: interval between tries to acquire or renew.",
+    )
+
+    @field_validator("queue_renew_deadline")
+    @classmethod
+    def _renew_before_expiry(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("queue_lease_duration")
+        if lease is not None and value >= lease:
+            raise ValueError(f"expected less than queue_lease_duration ({format_duration(lease)})")
+        return value
+
+    @field_validator("queue_retry_period")
+    @classmethod
+    def _retry_within_deadline(cls, value: float, info: ValidationInfo) -> float:
+        renew = info.data.get("queue_renew_deadline")
+        if renew is not None and value * 1.2 >= renew:
+            raise ValueError(
+                f"expected less than queue_renew_deadline / 1.2 ({format_duration(renew / 1.2)})"
+            )
+        return value
 
     @classmethod
     def settings_customise_sources(

@@ -22,6 +22,8 @@ from spotguard.observability.metrics import (
     ACTIONS,
     DRAIN_OUTCOMES,
     IMDS_OUTCOMES,
+    QUEUE_MESSAGE_OUTCOMES,
+    RECOVERY_OUTCOMES,
     Metrics,
 )
 
@@ -47,6 +49,10 @@ CATALOGUE: dict[str, tuple[str, tuple[str, ...]]] = {
     "spotguard_notice_deadline_timestamp_seconds": ("gauge", ("kind",)),
     "spotguard_node_info": ("gauge", ("nodepool", "vm_size", "priority", "cluster")),
     "spotguard_build_info": ("gauge", ("version",)),
+    "spotguard_queue_messages": ("counter", ("outcome",)),
+    "spotguard_queue_recoveries": ("counter", ("outcome",)),
+    "spotguard_queue_leader": ("gauge", ()),
+    "spotguard_fleet_evictions": ("counter", ("cluster", "nodepool")),
 }
 
 #: label → every value it may take (node_info's values come from the node and are not fixed)
@@ -54,7 +60,11 @@ FIXED_VALUES: dict[str, set[str]] = {
     "kind": set(KINDS),
     "source": set(SOURCES),
     "action": set(ACTIONS),
-    "outcome": set(ACTION_OUTCOMES) | set(DRAIN_OUTCOMES) | set(IMDS_OUTCOMES),
+    "outcome": set(ACTION_OUTCOMES)
+    | set(DRAIN_OUTCOMES)
+    | set(IMDS_OUTCOMES)
+    | set(QUEUE_MESSAGE_OUTCOMES)
+    | set(RECOVERY_OUTCOMES),
     "version": {__version__},
 }
 
@@ -75,6 +85,8 @@ ZERO_SERIES: list[tuple[str, dict[str, str]]] = [
     *(("spotguard_notice_to_action_seconds_count", {"action": a}) for a in ACTIONS),
     *(("spotguard_imds_requests_total", {"outcome": o}) for o in IMDS_OUTCOMES),
     *(("spotguard_active_notices", {"kind": k}) for k in KINDS),
+    *(("spotguard_queue_messages_total", {"outcome": o}) for o in QUEUE_MESSAGE_OUTCOMES),
+    *(("spotguard_queue_recoveries_total", {"outcome": o}) for o in RECOVERY_OUTCOMES),
 ]
 
 
@@ -130,6 +142,35 @@ def test_node_info_and_the_deadline_gauge_are_absent_until_known() -> None:
     parsed = families(metrics)
     assert parsed["spotguard_node_info"].samples == []
     assert parsed["spotguard_notice_deadline_timestamp_seconds"].samples == []
+    assert parsed["spotguard_fleet_evictions"].samples == []
+
+
+def test_fleet_evictions_start_at_zero_for_the_known_pools_and_count_new_ones() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.fleet_pools("aks-ml", ["spot", "system"])
+
+    def fleet(pool: str) -> float | None:
+        return value(metrics, "spotguard_fleet_evictions_total", cluster="aks-ml", nodepool=pool)
+
+    for pool in ("spot", "system", "unknown"):
+        assert fleet(pool) == 0
+    metrics.fleet_eviction("aks-ml", "spot")
+    metrics.fleet_eviction("aks-ml", "")  # the node is gone and so is its pool
+    metrics.fleet_eviction("aks-ml", "gpu")
+    assert (fleet("spot"), fleet("unknown"), fleet("gpu"), fleet("system")) == (1, 1, 1, 0)
+
+
+def test_queue_helpers_count_the_right_series() -> None:
+    metrics = Metrics(CollectorRegistry())
+    metrics.queue_message("dead_lettered")
+    metrics.queue_recovery("tainted")
+    assert value(metrics, "spotguard_queue_messages_total", outcome="dead_lettered") == 1.0
+    assert value(metrics, "spotguard_queue_messages_total", outcome="completed") == 0.0
+    assert value(metrics, "spotguard_queue_recoveries_total", outcome="tainted") == 1.0
+    with pytest.raises(ValueError, match="not one of"):
+        metrics.queue_message("deferred")
+    with pytest.raises(ValueError, match="not one of"):
+        metrics.queue_recovery("cordoned")
 
 
 def test_the_openmetrics_exposition_parses_too() -> None:

@@ -2,10 +2,11 @@
 
 Labels come from small fixed sets and every labelled series exists at zero from the start, so a
 rate() over a preemption that happened in the first scrape still works. Node, pod and namespace
-come from Prometheus target labels, never from here. Two deliberate exceptions to "exists at
-zero": ``spotguard_node_info`` appears once the node's identity is known, and
+come from Prometheus target labels, never from here. Three deliberate exceptions to "exists at
+zero": ``spotguard_node_info`` appears once the node's identity is known,
 ``spotguard_notice_deadline_timestamp_seconds{kind}`` exists only while a notice of that kind is
-active (see ``set_active``).
+active (see ``set_active``), and queue mode's ``spotguard_fleet_evictions_total{cluster,nodepool}``
+starts at zero once queue mode has read the cluster's node pools (see ``fleet_pools``).
 
 The helpers validate label values against the fixed sets and raise ValueError for anything else:
 an unknown value is a programming error, and letting it through would grow a new series.
@@ -14,7 +15,7 @@ an unknown value is a programming error, and letting it through would grow a new
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -45,6 +46,22 @@ ACTIONS = (
 ACTION_OUTCOMES = ("success", "error", "skipped")
 #: The values of ``spotguard.kube.drain.DrainResult``.
 DRAIN_OUTCOMES = ("drained", "partial", "failed")
+#: What queue mode did with a Service Bus message.
+QUEUE_MESSAGE_OUTCOMES = ("completed", "abandoned", "dead_lettered")
+#: The values of ``spotguard.queue.recovery.Outcome``.
+RECOVERY_OUTCOMES = (
+    "tainted",
+    "already_done",
+    "not_ready_yet",
+    "recovered",
+    "node_missing",
+    "not_in_cluster",
+    "ignored",
+    "untainted",
+)
+#: ``spotguard_fleet_evictions_total{nodepool}`` of a VM whose node is gone and whose pool is
+#: unknown.
+UNKNOWN_NODEPOOL = "unknown"
 
 # IMDS answers in single milliseconds; the long tail is the first (enabling) request.
 _IMDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 30.0, 120.0)
@@ -192,6 +209,33 @@ class Metrics:
             self.notice_to_action_seconds.labels(action=action)
         for imds_outcome in IMDS_OUTCOMES:
             self.imds_requests.labels(outcome=imds_outcome)
+        self.queue_messages = Counter(
+            "spotguard_queue_messages_total",
+            "Queue mode: Service Bus messages settled, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.queue_recoveries = Counter(
+            "spotguard_queue_recoveries_total",
+            "Queue mode: what handling an Event Grid event (or reconciling a node) came to.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.queue_leader = Gauge(
+            "spotguard_queue_leader",
+            "Queue mode: 1 while this replica holds the leader lease.",
+            registry=registry,
+        )
+        self.fleet_evictions = Counter(
+            "spotguard_fleet_evictions_total",
+            "Queue mode: VMs of this cluster that Azure reported preempted (spot evictions).",
+            ["cluster", "nodepool"],
+            registry=registry,
+        )
+        for message_outcome in QUEUE_MESSAGE_OUTCOMES:
+            self.queue_messages.labels(outcome=message_outcome)
+        for recovery_outcome in RECOVERY_OUTCOMES:
+            self.queue_recoveries.labels(outcome=recovery_outcome)
         self.build_info(__version__)
 
     # --- helpers the responder calls ------------------------------------------------------
@@ -257,6 +301,25 @@ class Metrics:
         """Set to this package's version from the start; for a different build string."""
         self._build_info.clear()
         self._build_info.labels(version=version).set(1)
+
+    def queue_message(self, outcome: str) -> None:
+        """A message was settled with ``outcome`` from QUEUE_MESSAGE_OUTCOMES."""
+        self.queue_messages.labels(outcome=_check(outcome, QUEUE_MESSAGE_OUTCOMES, "outcome")).inc()
+
+    def queue_recovery(self, outcome: str) -> None:
+        """Handling an event, or reconciling a node, came to ``outcome`` (RECOVERY_OUTCOMES)."""
+        self.queue_recoveries.labels(outcome=_check(outcome, RECOVERY_OUTCOMES, "outcome")).inc()
+
+    def fleet_pools(self, cluster: str, nodepools: Iterable[str]) -> None:
+        """Create ``spotguard_fleet_evictions_total`` at zero for the pools known at start-up
+        (and ``unknown``). The cluster and its pools are only known once queue mode has read
+        the nodes, so these series appear then, not with the registry; pools seen later
+        appear with their first eviction."""
+        for nodepool in {*nodepools, UNKNOWN_NODEPOOL}:
+            self.fleet_evictions.labels(cluster=cluster, nodepool=nodepool or UNKNOWN_NODEPOOL)
+
+    def fleet_eviction(self, cluster: str, nodepool: str) -> None:
+        self.fleet_evictions.labels(cluster=cluster, nodepool=nodepool or UNKNOWN_NODEPOOL).inc()
 
     def track_imds_blind(self, blind: Callable[[], bool]) -> None:
         """Compute ``spotguard_imds_blind`` at scrape time from ``blind`` (``Health.imds_blind``),
