@@ -33,8 +33,10 @@ async def _mid_drain(h: Harness, node: str, event_id: str, injected_at: float) -
     """Wait until the annotation says draining (checkpointing: the scenario has pipeline steps)
     and some pods are leaving; their keys."""
     await h.wait_for(
-        lambda: h.cluster.phase_at(node, event_id, "draining")
-        or h.cluster.phase_at(node, event_id, "checkpointing"),
+        lambda: (
+            h.cluster.phase_at(node, event_id, "draining")
+            or h.cluster.phase_at(node, event_id, "checkpointing")
+        ),
         timeout=NOTICE / 2,
         what="the draining phase",
     )

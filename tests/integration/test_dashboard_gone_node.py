@@ -5,7 +5,7 @@ the recording rule the panels join on; the dashboard's queries, as generate.rend
 them, run against an agent whose series stop 90 s in, right after its Preempt notice, as they do
 when the VM is taken. `round()` and `count()` wrap the queries only to make the expected values
 exact (increase() extrapolates). Every query returning data from a real Prometheus fed by the
-real agent is the real-stack test's job.
+real agent is tests/stack/test_queries.py's job.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Offline means: each PromQL expression parses with promql-parser after Grafana's 
 template variables are replaced, uses only functions Prometheus 2.x has, names only series the
 agent exports (its catalogue on a fresh registry) or documented external series, and uses only
 label names and label values those series have. Whether the queries return data from a real
-Prometheus fed by the real agent is the real-stack test's job (it reuses
+Prometheus fed by the real agent is tests/stack/test_queries.py's job (it reuses
 ``generate.dashboard_queries`` and ``generate.render``).
 """
 
