@@ -11,16 +11,16 @@ import asyncio
 import contextlib
 import json
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
 from spotguard.checkpoint.protocol import CheckpointRequester
 from spotguard.clock import Clock, SystemClock
-from spotguard.config import Settings
+from spotguard.config import Settings, parse_taint
 from spotguard.engine.reporting import Reporter
 from spotguard.engine.responder import Responder
 from spotguard.engine.store import NoticeStore
@@ -32,6 +32,9 @@ from spotguard.observability.health import Health, api_version_check
 from spotguard.observability.http import serve_http
 from spotguard.observability.logging import bind_notice, get_logger
 from spotguard.observability.metrics import Metrics
+from spotguard.queue.consumer import QueueConsumer
+from spotguard.queue.leader import LeaderElector
+from spotguard.queue.recovery import RecoveryHandler
 from spotguard.sinks.alertmanager import AlertmanagerSink
 from spotguard.sinks.cloudevents import Origin
 from spotguard.sinks.events import EventRecorder
@@ -385,3 +388,105 @@ async def _agent(
         for task in running:
             task.cancel()
     return 0
+
+
+async def queue_mode(
+    settings: Settings, *, clock: Clock | None = None, stop: asyncio.Event | None = None
+) -> int:
+    """``spotguard queue``: the leader-elected Event Grid consumer, until SIGTERM/SIGINT."""
+    if not settings.events_queue:
+        raise ConfigError("invalid setting SPOTGUARD_EVENTS_QUEUE=None: queue mode needs it")
+    if not settings.pod_name or not settings.pod_namespace:
+        raise ConfigError(
+            "queue mode needs SPOTGUARD_POD_NAME and SPOTGUARD_POD_NAMESPACE (downward API): "
+            "they name this replica in the leader Lease"
+        )
+    secret = settings.servicebus_connection_string
+    auth = auth_from(secret.get_secret_value() if secret else None, settings.servicebus_namespace)
+    clock = clock or SystemClock()
+    stop = stop or asyncio.Event()
+    remove_handlers = _stop_on_signals(stop)
+    log = get_logger(command="queue", pod=settings.pod_name)
+    metrics = Metrics(CollectorRegistry())
+    try:
+        kube = await connect(kubeconfig=None, timeout=settings.kube_request_timeout)
+    except KubeError as exc:
+        remove_handlers()
+        raise ConfigError(str(exc)) from exc
+    health = Health(blind_after=settings.blind_after, api_check=api_version_check(kube))
+    health.uses_imds = False
+    health.identity_resolved = True
+    try:
+        async with serve_http(
+            address=settings.http_address, registry=metrics.registry, health=health
+        ):
+            recovery = RecoveryHandler(
+                kube=kube,
+                clock=clock,
+                metrics=metrics,
+                log=log,
+                cluster=settings.cluster_name or "",
+                not_ready_after=settings.queue_not_ready_after,
+                taint=parse_taint(settings.queue_taint),
+                dry_run=settings.dry_run,
+            )
+            leader = LeaderElector(
+                kube=kube,
+                namespace=settings.pod_namespace,
+                identity=settings.pod_name,
+                clock=clock,
+                log=log,
+                lease_duration=settings.queue_lease_duration,
+                renew_deadline=settings.queue_renew_deadline,
+                retry_period=settings.queue_retry_period,
+                metrics=metrics,
+            )
+            consumer = QueueConsumer(
+                auth=auth,
+                queue=settings.events_queue,
+                recovery=recovery,
+                leader=leader,
+                metrics=metrics,
+                clock=clock,
+                log=log,
+            )
+            with contextlib.suppress(KubeError):
+                await recovery.prime_metrics()
+            async with asyncio.TaskGroup() as tasks:
+                running = [
+                    tasks.create_task(leader.run(), name="leader-election"),
+                    tasks.create_task(consumer.run(), name="queue-consumer"),
+                    tasks.create_task(
+                        _while_leading(
+                            leader,
+                            lambda: recovery.run_reconciler(settings.queue_reconcile_interval),
+                        ),
+                        name="recovery-reconciler",
+                    ),
+                ]
+                health.tasks_running = lambda: not any(t.done() for t in running)
+                log.info("queue_mode_started", queue=settings.events_queue)
+                await stop.wait()
+                log.info("queue_mode_stopping")
+                for task in running:
+                    task.cancel()
+        return 0
+    finally:
+        remove_handlers()
+        await kube.close()
+
+
+async def _while_leading(
+    leader: LeaderElector, work: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Run ``work`` only while this replica leads (standbys write nothing)."""
+    while True:
+        await leader.is_leader.wait()
+        task = asyncio.create_task(work())
+        lost = asyncio.create_task(leader.lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()
+            lost.cancel()
+            await asyncio.gather(task, lost, return_exceptions=True)

@@ -66,8 +66,11 @@ class Health:
         now: Callable[[], float] | None = None,
         api_timeout: float = API_CHECK_TIMEOUT,
         api_cache_for: float = API_CHECK_CACHE,
+        uses_imds: bool = True,
     ) -> None:
         self.blind_after = blind_after
+        #: queue mode runs off the node and never reads IMDS: no IMDS check for it
+        self.uses_imds = uses_imds
         self.api_check = api_check
         self.identity_resolved = False
         self.tasks_running: Callable[[], bool] = _running
@@ -98,7 +101,8 @@ class Health:
 
     async def ready(self) -> list[Check]:
         """Every readiness check, passing or not, so a failure body shows the whole picture."""
-        return [self._identity(), await self._api(), self._imds()]
+        checks = [self._identity(), await self._api()]
+        return [*checks, self._imds()] if self.uses_imds else checks
 
     def _identity(self) -> Check:
         if self.identity_resolved:
