@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -212,6 +213,8 @@ async def one_run(cluster: ClusterProcess, index: int, pods: int, steps: int) ->
             await actions.begin(event_id=f"bench-{index}", kind="preempt", deadline="n/a")
             cordoned = loop.time()
             round_ = await starting
+            with contextlib.suppress(TimeoutError):  # as the responder: requests first
+                await asyncio.wait_for(round_.all_sent.wait(), 0.5)
             outcome = await drain_node(
                 kube,
                 node,
@@ -219,6 +222,7 @@ async def one_run(cluster: ClusterProcess, index: int, pods: int, steps: int) ->
                 log=log,
                 options=DrainOptions(stop_budget=STOP_BUDGET_S),
                 holds=round_.holds,
+                listing=round_.listing,
             )
             results = await round_.wait()
             records = await cluster.control.requests(since=mark)

@@ -273,9 +273,13 @@ async def test_twenty_steps_are_asked_at_once(emulator: ClusterEmulator, steps: 
     async with requester(emulator.url) as req:
         started = loop.time()
         round_ = await req.start(round_request(10), structlog.get_logger())
+        await asyncio.wait_for(round_.all_sent.wait(), 1.0)
+        sent_at = loop.time()
         results = await round_.wait()
         ended = loop.time()
     assert all(r.outcome is Outcome.SAVED for r in results)
+    assert sent_at - started < 0.4  # on their way well before any step answers
+    assert max(r.sent_at or 0 for r in results) <= sent_at
     # Concurrent, not one after another: 20 half-second saves end together.
     assert ended - started < 2.0
     arrivals = [when for name in names for when, _ in steps.received[name]]
@@ -289,6 +293,7 @@ async def test_no_time_left_asks_no_one(emulator: ClusterEmulator, steps: Steps)
         round_ = await req.start(round_request(0.5), structlog.get_logger())
         assert await round_.wait() == ()
     assert "left before the checkpoint deadline" in round_.error
+    assert round_.all_sent.is_set()  # nothing to wait for
     assert round_.holds == {}
     assert steps.received == {}
 

@@ -669,3 +669,26 @@ async def test_a_full_node_is_asked_to_leave_in_one_wave(cluster: ClusterProcess
     assert asked < 2.0  # generous: a shared 2-core machine; bench/drain.py measures properly
     assert empty < asked + 0.3 + 1.0
     _assert_timeline(outcome)
+
+
+async def test_a_given_listing_is_used_and_pods_bound_since_are_seen(
+    emulator: ClusterEmulator,
+) -> None:
+    """The checkpoint round's pod list saves the drain its own; the watch from that list's
+    resourceVersion still sees a pod bound after it."""
+    emulator.settings.stop_after = 0.1
+    emulator.seed(*_nodes(), make_pod("early", node=NODE))
+    async with _client(emulator.url) as kube:
+        answer = await kube.request(
+            "GET", "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={NODE}"}
+        )
+        listing = (answer["items"], answer["metadata"]["resourceVersion"])
+        emulator.seed(make_pod("late", node=NODE))
+        before = emulator.requests.next_seq
+        outcome = await _drain(kube, seconds=5, listing=listing)
+    lists = [
+        r for r in emulator.requests.since(before) if r.verb == "list" and r.resource == "pods"
+    ]
+    assert lists == []
+    assert _outcomes(outcome) == {"early": "evicted", "late": "evicted"}
+    assert outcome.result is DrainResult.DRAINED

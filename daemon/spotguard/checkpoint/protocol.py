@@ -17,7 +17,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -80,7 +80,17 @@ class CheckpointRound:
     holds: dict[tuple[str, str], PodHold] = field(default_factory=dict)
     #: why no step was asked (the pod list failed, no time left); empty otherwise
     error: str = ""
+    #: the node's pods and the list's resourceVersion, for the drain to start from
+    listing: tuple[list[JSON], str] | None = None
+    #: set once every step's request is on its way (or will not be sent)
+    all_sent: asyncio.Event = field(default_factory=asyncio.Event)
+    _unsent: int = 0
     _task: asyncio.Task[tuple[Result, ...]] | None = None
+
+    def _one_sent(self) -> None:
+        self._unsent -= 1
+        if self._unsent <= 0:
+            self.all_sent.set()
 
     async def wait(self) -> tuple[Result, ...]:
         if self._task is None:
@@ -122,6 +132,7 @@ class CheckpointRequester:
         left = request.deadline - self._loop.time()
         if left < MIN_WINDOW:
             round_.error = f"only {max(left, 0):.1f}s left before the checkpoint deadline"
+            round_.all_sent.set()
             log.info("checkpoint_no_time", seconds_left=round(left, 3))
             return round_
         query = {"fieldSelector": f"spec.nodeName={request.node}"}
@@ -131,12 +142,19 @@ class CheckpointRequester:
             )
         except KubeError as exc:
             round_.error = f"cannot list the pods on the node: {exc}"
+            round_.all_sent.set()
             log.warning("checkpoint_list_failed", error=str(exc))
             return round_
-        found = [target(p) for p in pods.get("items") or () if isinstance(p, dict)]
+        items = [p for p in pods.get("items") or () if isinstance(p, dict)]
+        version = str((pods.get("metadata") or {}).get("resourceVersion") or "")
+        if version:
+            round_.listing = (items, version)
+        found = [target(p) for p in items]
         round_.targets = tuple(t for t in found if t is not None)
         if not round_.targets:
+            round_.all_sent.set()
             return round_
+        round_._unsent = len(round_.targets)
         for step in round_.targets:
             if not step.problem:
                 round_.holds[step.ref.key] = PodHold(request.deadline)
@@ -191,11 +209,21 @@ class CheckpointRequester:
     ) -> Result:
         log = log.bind(pod=str(step.ref))
         hold = round_.holds.get(step.ref.key)
+        marked = False
+
+        def mark_sent() -> None:
+            nonlocal marked
+            if not marked:
+                marked = True
+                round_._one_sent()
+
         try:
-            result = await self._result(step, round_.request, tokens, log)
+            result = await self._result(step, round_.request, tokens, log, mark_sent)
         except Exception as exc:  # a bug here must not keep a step from being evicted
             log.exception("checkpoint_crashed")
             result = Result(step.ref.namespace, step.ref.name, Outcome.NOT_SAVED, error=repr(exc))
+        finally:
+            mark_sent()  # not sent at all (bad annotations, no token, dry-run) counts too
         if hold is not None and result.outcome not in EXITS_BY_ITSELF:
             hold.released.set()
         emit = log.info if result.outcome in EXITS_BY_ITSELF else log.warning
@@ -218,6 +246,7 @@ class CheckpointRequester:
         request: RoundRequest,
         tokens: Mapping[str, asyncio.Task[str]],
         log: Logger,
+        mark_sent: Callable[[], None],
     ) -> Result:
         ns, name = step.ref.namespace, step.ref.name
         if step.problem:
@@ -233,6 +262,7 @@ class CheckpointRequester:
         if left <= 0:
             return Result(ns, name, Outcome.TIMEOUT, error="checkpoint deadline passed")
         sent_at = self._loop.time()
+        mark_sent()
         try:
             async with asyncio.timeout(left):
                 async with self._http.post(

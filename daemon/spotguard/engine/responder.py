@@ -52,6 +52,9 @@ CORDON_HOLD_SHARE = 0.5
 CORDON_HOLD_MIN = 1.0
 #: Pod outcomes that leave a pod on the node at the end of a drain.
 LEFT_BEHIND = frozenset({PodOutcome.STILL_PRESENT, PodOutcome.BLOCKED, PodOutcome.FAILED})
+#: The drain waits at most this long for the checkpoint requests to be on their way: they need
+#: a Secret read first, which must not queue behind a node's worth of evictions.
+CHECKPOINTS_FIRST = 0.5
 #: How often to look again whether every node of a multi-VM event has drained.
 ACK_RECHECK_INTERVAL = 1.0
 
@@ -320,6 +323,10 @@ class Responder:
         log = self._report.log(notice)
         deadline = wall_to_loop(notice.deadline, self._clock)
         holds = round_.holds if round_ is not None else {}
+        listing = round_.listing if round_ is not None else None
+        if round_ is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(round_.all_sent.wait(), CHECKPOINTS_FIRST)
         async with self._drain_lock:
             await self._set_phase(notice, Phase.CHECKPOINTING if holds else Phase.DRAINING)
             outcome = await drain_node(
@@ -329,6 +336,7 @@ class Responder:
                 log=log,
                 options=plan.drain,
                 holds=holds,
+                listing=listing,
             )
         self._record_drain(notice, outcome, deadline)
         phase = Phase.DRAINED if outcome.result is DrainResult.DRAINED else Phase.FAILED

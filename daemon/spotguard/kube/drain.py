@@ -171,6 +171,7 @@ async def drain_node(
     log: Logger,
     options: DrainOptions | None = None,
     holds: Mapping[tuple[str, str], PodHold] | None = None,
+    listing: tuple[list[JSON], str] | None = None,
     rng: random.Random | None = None,
 ) -> DrainOutcome:
     """Move the pods off ``node`` (already cordoned by the caller) before ``deadline``.
@@ -179,7 +180,10 @@ async def drain_node(
     by it (or ``options.min_window`` after the start, when it had nearly passed already).
     ``holds`` keeps some pods (pipeline steps saving a checkpoint) from being asked to leave
     until their hold ends: at its time, when it is released, or when the pod leaves or finishes
-    by itself. Never raises for an API failure.
+    by itself. ``listing`` is the node's pods and the list's resourceVersion when the caller has
+    just read them (the checkpoint round does): the drain starts from it instead of listing again,
+    and its watch from that resourceVersion sees every pod bound since. Never raises for an API
+    failure.
     """
     drain = _Drain(
         kube,
@@ -190,7 +194,7 @@ async def drain_node(
         log=log.bind(node=node),
         rng=rng or random.Random(),
     )
-    return await drain.run()
+    return await drain.run(listing)
 
 
 @dataclass(slots=True)
@@ -256,10 +260,10 @@ class _Drain:
 
     # --- the drain, start to end -----------------------------------------------------------
 
-    async def run(self) -> DrainOutcome:
+    async def run(self, given: tuple[list[JSON], str] | None = None) -> DrainOutcome:
         self._log.info("drain_started", seconds_left=round(self._deadline - self._started_at, 3))
         try:
-            listing = await self._list_until_deadline()
+            listing = given if given is not None else await self._list_until_deadline()
             if isinstance(listing, str):
                 return self._outcome(error=listing)
             items, resource_version = listing

@@ -144,6 +144,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         try:
             self._serve()
+        except (BrokenPipeError, ConnectionResetError):
+            # The agent gave up waiting (its checkpoint deadline passed) and hung up: the save
+            # goes on regardless; there is no one to answer.
+            log.info("checkpoint endpoint: the client hung up before the answer")
         except Exception:
             log.exception("checkpoint endpoint: unexpected error")
             with contextlib.suppress(OSError):
