@@ -1,4 +1,5 @@
-"""Command line: ``spotguard run | watch | simulate-imds | simulate-cluster | demo``.
+"""Command line: ``spotguard run | queue | watch | simulate-imds | simulate-cluster |
+simulate-servicebus | demo``.
 
 Parses arguments and settings, configures logging, and hands over to the composition root
 (``app.py``) or a simulator. Invalid settings end here with exit code 2 and one line per key.
@@ -67,6 +68,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run(settings))
 
 
+def _cmd_queue(args: argparse.Namespace) -> int:
+    import prometheus_client
+
+    from spotguard.app import queue_mode
+
+    settings = _start(args)
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    return asyncio.run(queue_mode(settings))
+
+
 def _cmd_watch(args: argparse.Namespace) -> int:
     from spotguard.app import watch
 
@@ -115,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(run)
     run.set_defaults(func=_cmd_run)
+
+    queue = sub.add_parser(
+        "queue",
+        help="queue mode: recover nodes whose VM Azure reports preempted (Event Grid via "
+        "Service Bus); leader-elected, one active replica",
+        description="Needs SPOTGUARD_EVENTS_QUEUE, Service Bus credentials, "
+        "SPOTGUARD_POD_NAME/SPOTGUARD_POD_NAMESPACE and Kubernetes access.",
+    )
+    _add_common(queue)
+    queue.set_defaults(func=_cmd_queue)
 
     watch = sub.add_parser(
         "watch",
@@ -192,6 +213,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sim_cluster.add_argument("--scenario", default="empty", help="objects to start with")
     sim_cluster.set_defaults(func=_sim("cluster"))
+
+    sim_sb = sub.add_parser(
+        "simulate-servicebus",
+        help="serve a local Azure Service Bus (AMQP 1.0) for the azure-servicebus SDK on 127.0.0.1",
+        description="Prints one JSON line with the connection string (UseDevelopmentEmulator=true, "
+        "plain AMQP), then serves until SIGTERM. Queues are created on first use unless --strict.",
+    )
+    sim_sb.add_argument("--port", type=int, default=5672, help="listen port (0 = any free)")
+    sim_sb.add_argument("--host", default="127.0.0.1", help="listen address")
+    sim_sb.add_argument("--queue", action="append", help="declare a queue; repeat for several")
+    sim_sb.add_argument(
+        "--topic", action="append", help="declare a topic and its subscriptions: NAME:SUB1,SUB2"
+    )
+    sim_sb.add_argument("--lock-duration", type=float, default=60.0, help="PEEK_LOCK seconds")
+    sim_sb.add_argument("--max-delivery-count", type=int, default=10, help="then dead-letter")
+    sim_sb.add_argument(
+        "--max-message-size", type=int, default=256 * 1024, help="bytes (Standard tier: 256 KiB)"
+    )
+    sim_sb.add_argument("--strict", action="store_true", help="unknown entities are not found")
+    sim_sb.add_argument(
+        "--log-format", choices=["json", "console"], default="json", help="stderr log format"
+    )
+    sim_sb.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info"
+    )
+    sim_sb.set_defaults(func=_sim("servicebus"))
     return parser
 
 

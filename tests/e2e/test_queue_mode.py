@@ -1,0 +1,228 @@
+"""``spotguard queue`` as two real replicas: the emulated API server (child process), the local
+Service Bus broker, Lease failover by SIGKILL, a redelivery handled once, and a VM that comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from spotguard.sim.child_process import child_env, free_port, spawn, stop_process, wait_ready
+from spotguard.sim.cluster_process import ClusterProcess
+from spotguard.sim.servicebus import ServiceBusBroker
+from tests.integration.test_queue_recovery import DOWN_AT, node
+
+DATA = Path(__file__).parents[1] / "data" / "eventgrid"
+PREEMPTED = json.loads((DATA / "aks-spot-preempted-eventgrid.json").read_text())
+NODE = "aks-spot-12345678-vmss000003"
+QUEUE = "vm-events"
+NAMESPACE = "spotguard"
+OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
+LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/spotguard-queue"
+
+
+class Replica:
+    def __init__(self, name: str, cluster: ClusterProcess, broker: ServiceBusBroker, tmp: Path):
+        self.name = name
+        self.port = free_port()
+        self.log = tmp / f"{name}.log"
+        self.env = child_env(
+            {
+                "KUBECONFIG": str(cluster.kubeconfig),
+                "SPOTGUARD_EVENTS_QUEUE": QUEUE,
+                "SPOTGUARD_SERVICEBUS_CONNECTION_STRING": broker.connection_string,
+                "SPOTGUARD_POD_NAME": name,
+                "SPOTGUARD_POD_NAMESPACE": NAMESPACE,
+                "SPOTGUARD_CLUSTER_NAME": "aks-ml",
+                "SPOTGUARD_HTTP_ADDRESS": f"127.0.0.1:{self.port}",
+                "SPOTGUARD_QUEUE_LEASE_DURATION": "3s",
+                "SPOTGUARD_QUEUE_RENEW_DEADLINE": "2s",
+                "SPOTGUARD_QUEUE_RETRY_PERIOD": "500ms",
+                "SPOTGUARD_QUEUE_RECONCILE_INTERVAL": "1s",
+            }
+        )
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await spawn("queue", env=self.env, stdout=None, stderr=self.log)
+        await wait_ready(self.proc, f"http://127.0.0.1:{self.port}", 30)
+
+    async def stop(self, sig: int = 15) -> int:
+        assert self.proc is not None
+        return await stop_process(self.proc, 10, sig)
+
+    async def metric(self, name: str, **labels: str) -> float:
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}")
+        async with (
+            aiohttp.ClientSession(trust_env=False) as http,
+            http.get(f"http://127.0.0.1:{self.port}/metrics") as resp,
+        ):
+            text = await resp.text()
+        for line in text.splitlines():
+            if line.startswith(want + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+    def lines(self) -> list[dict[str, Any]]:
+        out = []
+        for raw in self.log.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(raw))
+        return out
+
+
+@asynccontextmanager
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[ClusterProcess, ServiceBusBroker]]:
+    with ServiceBusBroker(queues=[QUEUE], lock_duration=5) as broker:
+        cluster = ClusterProcess(
+            kubeconfig=tmp_path / "kubeconfig", stderr=tmp_path / "emulator.log", env=child_env()
+        )
+        async with cluster:
+            await cluster.control.seed(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
+                node(NODE, ready=False, since=DOWN_AT),
+            )
+            yield cluster, broker
+
+
+async def get(cluster: ClusterProcess, path: str) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession(trust_env=False) as http,
+        http.get(cluster.url + path) as resp,
+    ):
+        data: dict[str, Any] = await resp.json()
+        return data
+
+
+async def until(predicate: Any, timeout: float, what: str) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def taint_keys(cluster: ClusterProcess) -> list[str]:
+    obj = await get(cluster, f"/api/v1/nodes/{NODE}")
+    return [t["key"] for t in obj["spec"].get("taints") or ()]
+
+
+async def holder(cluster: ClusterProcess) -> str | None:
+    lease = await get(cluster, LEASE)
+    return (lease.get("spec") or {}).get("holderIdentity")
+
+
+def inject(broker: ServiceBusBroker) -> None:
+    broker.inject(QUEUE, PREEMPTED, content_type="application/json")
+
+
+async def test_failover_redelivery_and_a_vm_that_comes_back(tmp_path: Path) -> None:
+    async with stack(tmp_path) as (cluster, broker):
+        a = Replica("queue-a", cluster, broker, tmp_path)
+        b = Replica("queue-b", cluster, broker, tmp_path)
+        try:
+            await a.start()
+            assert await until(lambda: _is(cluster, "queue-a"), 10, "queue-a to lead")
+            await b.start()
+
+            inject(broker)
+            await until(lambda: _tainted(cluster), 15, "the out-of-service taint")
+            await until(
+                lambda: _metric_is(a, "spotguard_queue_messages_total", 1, outcome="completed"),
+                5,
+                "queue-a to complete the message",
+            )
+            assert await b.metric("spotguard_queue_messages_total", outcome="completed") == 0
+            assert (
+                await a.metric("spotguard_fleet_evictions_total", cluster="aks-ml", nodepool="spot")
+                == 1
+            )
+
+            # The leader dies without releasing its lease; the standby takes over after it
+            # expires, and a redelivery of the same event changes nothing on the node.
+            await a.stop(9)
+            await until(lambda: _is(cluster, "queue-b"), 15, "queue-b to take over")
+            mark = await cluster.control.mark()
+            inject(broker)
+            await until(
+                lambda: _metric_is(b, "spotguard_queue_messages_total", 1, outcome="completed"),
+                15,
+                "queue-b to complete the redelivery",
+            )
+            patches = [
+                r
+                for r in await cluster.control.requests(mark)
+                if r["verb"] == "patch" and r["resource"] == "nodes"
+            ]
+            assert patches == []
+            assert broker.messages(QUEUE) == []
+
+            # The VM comes back (Deallocate policy): Ready again, so the taint goes.
+            await _mark_ready(cluster)
+            await until(lambda: _untainted(cluster), 10, "the taint to be removed")
+            assert await b.metric("spotguard_queue_recoveries_total", outcome="untainted") == 1
+            assert await b.stop() == 0
+        finally:
+            for replica in (a, b):
+                if replica.proc is not None and replica.proc.returncode is None:
+                    await replica.stop(9)
+        errors = [
+            line
+            for replica in (a, b)
+            for line in replica.lines()
+            if line.get("level") in ("error", "critical")
+        ]
+        assert errors == []
+
+
+async def _is(cluster: ClusterProcess, name: str) -> bool:
+    return await holder(cluster) == name
+
+
+async def _tainted(cluster: ClusterProcess) -> bool:
+    return OUT_OF_SERVICE in await taint_keys(cluster)
+
+
+async def _untainted(cluster: ClusterProcess) -> bool:
+    return OUT_OF_SERVICE not in await taint_keys(cluster)
+
+
+async def _metric_is(replica: Replica, name: str, value: float, **labels: str) -> bool:
+    return await replica.metric(name, **labels) == value
+
+
+async def _mark_ready(cluster: ClusterProcess) -> None:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    patch = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "KubeletReady",
+                    "lastTransitionTime": now,
+                    "lastHeartbeatTime": now,
+                }
+            ]
+        }
+    }
+    async with (
+        aiohttp.ClientSession(trust_env=False) as http,
+        http.patch(
+            f"{cluster.url}/api/v1/nodes/{NODE}/status",
+            data=json.dumps(patch),
+            headers={"Content-Type": "application/merge-patch+json"},
+        ) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
