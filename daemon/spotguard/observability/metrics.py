@@ -136,7 +136,8 @@ class Metrics:
         )
         self.deadline_missed_seconds = Histogram(
             "spotguard_deadline_missed_seconds",
-            "How late a drain finished, when it finished after the notice deadline.",
+            "How late a drain ended with pods still on the node (0: it ended before the deadline "
+            "because nothing more could move them, so the miss was certain).",
             buckets=_MISSED_BUCKETS,
             registry=registry,
         )
