@@ -32,8 +32,10 @@ from spotguard.observability.health import Health, api_version_check
 from spotguard.observability.http import serve_http
 from spotguard.observability.logging import bind_notice, get_logger
 from spotguard.observability.metrics import Metrics
-from spotguard.queue.consumer import QueueConsumer
+from spotguard.queue.consumer import NoticeConsumer, QueueConsumer
+from spotguard.queue.fleet import FleetCounter
 from spotguard.queue.leader import LeaderElector
+from spotguard.queue.notices import NoticeCounter
 from spotguard.queue.recovery import RecoveryHandler
 from spotguard.sinks.alertmanager import AlertmanagerSink
 from spotguard.sinks.cloudevents import Origin
@@ -420,12 +422,22 @@ async def queue_mode(
         async with serve_http(
             address=settings.http_address, registry=metrics.registry, health=health
         ):
+            fleet = FleetCounter(
+                kube=kube,
+                namespace=settings.pod_namespace,
+                cluster=settings.cluster_name or "",
+                clock=clock,
+                metrics=metrics,
+                log=log,
+                dry_run=settings.dry_run,
+            )
             recovery = RecoveryHandler(
                 kube=kube,
                 clock=clock,
                 metrics=metrics,
                 log=log,
                 cluster=settings.cluster_name or "",
+                fleet=fleet,
                 not_ready_after=settings.queue_not_ready_after,
                 taint=parse_taint(settings.queue_taint),
                 dry_run=settings.dry_run,
@@ -450,12 +462,22 @@ async def queue_mode(
                 clock=clock,
                 log=log,
             )
+            consumers: dict[str, QueueConsumer | NoticeConsumer] = {"queue-consumer": consumer}
+            if settings.queue_notices_subscription:
+                consumers["notice-consumer"] = NoticeConsumer(
+                    auth=auth,
+                    subscription=settings.queue_notices_subscription,
+                    counter=NoticeCounter(fleet=fleet, kube=kube, log=log),
+                    leader=leader,
+                    metrics=metrics,
+                    log=log,
+                )
             with contextlib.suppress(KubeError):
                 await recovery.prime_metrics()
             async with asyncio.TaskGroup() as tasks:
                 running = [
                     tasks.create_task(leader.run(), name="leader-election"),
-                    tasks.create_task(consumer.run(), name="queue-consumer"),
+                    *(tasks.create_task(c.run(), name=name) for name, c in consumers.items()),
                     tasks.create_task(
                         _while_leading(
                             leader,
@@ -465,7 +487,11 @@ async def queue_mode(
                     ),
                 ]
                 health.tasks_running = lambda: not any(t.done() for t in running)
-                log.info("queue_mode_started", queue=settings.events_queue)
+                log.info(
+                    "queue_mode_started",
+                    queue=settings.events_queue,
+                    notices=settings.queue_notices_subscription,
+                )
                 await stop.wait()
                 log.info("queue_mode_stopping")
                 for task in running:

@@ -308,6 +308,12 @@ class Settings(BaseSettings):
         le=3600,
         description="How often queue mode looks for nodes it tainted that are Ready again.",
     )
+    queue_notices_subscription: str | None = Field(
+        default=None,
+        pattern=r"^[^/\s]+/[^/\s]+$",
+        description="Queue mode's own subscription of the agents' notices topic, "
+        "<topic>/<subscription>: each Preempt notice counts one fleet eviction.",
+    )
     queue_lease_duration: Duration = Field(
         default=15.0, ge=1, le=300, description="Leader election: how long a lease is valid."
     )

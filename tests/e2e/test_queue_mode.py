@@ -1,5 +1,8 @@
 """``spotguard queue`` as two real replicas: the emulated API server (child process), the local
-Service Bus broker, Lease failover by SIGKILL, a redelivery handled once, and a VM that comes back.
+Service Bus broker, Lease failover by SIGKILL, a redelivery handled once, and a VM that comes back;
+and the fleet count from the agents' notices topic, once per eviction across a failover.
+
+The replicas run on the system clock, so the events they get carry the time of the test run.
 """
 
 from __future__ import annotations
@@ -9,15 +12,18 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from spotguard.clock import rfc3339
+from spotguard.queue.fleet import LEDGER_KEY, LEDGER_NAME, parse_ledger
 from spotguard.sim.child_process import child_env, free_port, spawn, stop_process, wait_ready
 from spotguard.sim.cluster_process import ClusterProcess
 from spotguard.sim.servicebus import ServiceBusBroker
+from tests.integration.test_queue_notices import cloud_event, preempt_notice
 from tests.integration.test_queue_recovery import DOWN_AT, node
 
 DATA = Path(__file__).parents[1] / "data" / "eventgrid"
@@ -27,6 +33,8 @@ QUEUE = "vm-events"
 NAMESPACE = "spotguard"
 OUT_OF_SERVICE = "node.kubernetes.io/out-of-service"
 LEASE = f"/apis/coordination.k8s.io/v1/namespaces/{NAMESPACE}/leases/spotguard-queue"
+TOPIC = "notices"
+LEDGER = f"/api/v1/namespaces/{NAMESPACE}/configmaps/{LEDGER_NAME}"
 
 
 class Replica:
@@ -47,6 +55,7 @@ class Replica:
                 "SPOTGUARD_QUEUE_RENEW_DEADLINE": "2s",
                 "SPOTGUARD_QUEUE_RETRY_PERIOD": "500ms",
                 "SPOTGUARD_QUEUE_RECONCILE_INTERVAL": "1s",
+                "SPOTGUARD_QUEUE_NOTICES_SUBSCRIPTION": f"{TOPIC}/queue-mode",
             }
         )
         self.proc: asyncio.subprocess.Process | None = None
@@ -81,7 +90,9 @@ class Replica:
 
 @asynccontextmanager
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[ClusterProcess, ServiceBusBroker]]:
-    with ServiceBusBroker(queues=[QUEUE], lock_duration=5) as broker:
+    with ServiceBusBroker(
+        queues=[QUEUE], topics={TOPIC: ["queue-mode", "audit"]}, lock_duration=5
+    ) as broker:
         cluster = ClusterProcess(
             kubeconfig=tmp_path / "kubeconfig", stderr=tmp_path / "emulator.log", env=child_env()
         )
@@ -123,8 +134,32 @@ async def holder(cluster: ClusterProcess) -> str | None:
     return (lease.get("spec") or {}).get("holderIdentity")
 
 
-def inject(broker: ServiceBusBroker) -> None:
-    broker.inject(QUEUE, PREEMPTED, content_type="application/json")
+def inject(broker: ServiceBusBroker, evicted: datetime | None = None) -> None:
+    """The golden VirtualMachinePreempted event, as if the VM was evicted at ``evicted``."""
+    evicted = evicted or datetime.now(UTC) - timedelta(seconds=5)
+    event = json.loads(json.dumps(PREEMPTED))
+    event[0]["eventTime"] = rfc3339(evicted + timedelta(seconds=2))
+    event[0]["data"]["resourceInfo"]["properties"]["occurredTime"] = rfc3339(evicted)
+    event[0]["data"]["operationalInfo"]["resourceEventTime"] = rfc3339(evicted)
+    broker.inject(QUEUE, event, content_type="application/json")
+
+
+def publish_notice(broker: ServiceBusBroker, evicted: datetime) -> None:
+    """The node's agent's Preempt notice, sent 30 s before ``evicted`` (its NotBefore)."""
+    event = cloud_event(
+        preempt_notice(
+            not_before=evicted,
+            deadline=evicted - timedelta(seconds=2),
+            first_seen=evicted - timedelta(seconds=30),
+        )
+    )
+    broker.inject(
+        TOPIC,
+        event.body(),
+        message_id=event.id,
+        content_type="application/cloudevents+json; charset=utf-8",
+        application_properties=dict(event.properties),
+    )
 
 
 async def test_failover_redelivery_and_a_vm_that_comes_back(tmp_path: Path) -> None:
@@ -226,3 +261,64 @@ async def _mark_ready(cluster: ClusterProcess) -> None:
         ) as resp,
     ):
         assert resp.status == 200, await resp.text()
+
+
+async def test_a_notice_counts_one_eviction_across_a_failover(tmp_path: Path) -> None:
+    """The agent's notice is counted by the leader; after the leader dies, its redelivery and
+    Azure's own event for the same eviction find the count in the ledger: once in all."""
+    async with stack(tmp_path) as (cluster, broker):
+        a = Replica("queue-a", cluster, broker, tmp_path)
+        b = Replica("queue-b", cluster, broker, tmp_path)
+        evicted = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=25)
+        try:
+            await a.start()
+            assert await until(lambda: _is(cluster, "queue-a"), 10, "queue-a to lead")
+            await b.start()
+
+            publish_notice(broker, evicted)
+            await until(
+                lambda: _metric_is(
+                    a, "spotguard_fleet_evictions_total", 1, cluster="aks-ml", nodepool="spot"
+                ),
+                15,
+                "queue-a to count the notice",
+            )
+            await until(
+                lambda: _metric_is(a, "spotguard_queue_messages_total", 1, outcome="completed"),
+                5,
+                "queue-a to complete the notice",
+            )
+            assert await b.metric("spotguard_queue_messages_total", outcome="completed") == 0
+
+            await a.stop(9)
+            await until(lambda: _is(cluster, "queue-b"), 15, "queue-b to take over")
+            publish_notice(broker, evicted)  # as if queue-a died before settling it
+            inject(broker, evicted + timedelta(seconds=1))  # Azure's report of the eviction
+            await until(
+                lambda: _metric_is(b, "spotguard_queue_messages_total", 2, outcome="completed"),
+                15,
+                "queue-b to complete both",
+            )
+            assert await _tainted(cluster)  # Event Grid's recovery is not affected
+            assert (
+                await b.metric("spotguard_fleet_evictions_total", cluster="aks-ml", nodepool="spot")
+                == 0
+            )
+            assert broker.messages(f"{TOPIC}/subscriptions/queue-mode") == []
+            assert len(broker.messages(f"{TOPIC}/subscriptions/audit")) == 2
+            assert await b.stop() == 0
+        finally:
+            for replica in (a, b):
+                if replica.proc is not None and replica.proc.returncode is None:
+                    await replica.stop(9)
+        ledger = parse_ledger((await get(cluster, LEDGER))["data"][LEDGER_KEY])
+        assert [(e.vm, e.source, e.evicted) for e in ledger] == [
+            ("aks-spot-12345678-vmss_3", "notice", evicted)
+        ]
+        errors = [
+            line
+            for replica in (a, b)
+            for line in replica.lines()
+            if line.get("level") in ("error", "critical")
+        ]
+        assert errors == []

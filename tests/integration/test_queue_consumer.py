@@ -22,6 +22,7 @@ from spotguard.kube.client import KubeClient
 from spotguard.observability.metrics import Metrics
 from spotguard.queue.consumer import QueueConsumer
 from spotguard.queue.events import parse_message
+from spotguard.queue.fleet import FleetCounter
 from spotguard.queue.leader import LeaderElector
 from spotguard.queue.recovery import RecoveryHandler, recovery_record
 from spotguard.sim.cluster import ClusterEmulator
@@ -71,12 +72,22 @@ class Replica:
             retry_period=0.5,
             metrics=self.metrics,
         )
+        self.fleet = FleetCounter(
+            kube=self.kube,
+            namespace=NAMESPACE,
+            cluster="aks-ml",
+            clock=clock,
+            metrics=self.metrics,
+            log=log,
+            dry_run=False,
+        )
         self.recovery = RecoveryHandler(
             kube=self.kube,
             clock=clock,
             metrics=self.metrics,
             log=log,
             cluster="aks-ml",
+            fleet=self.fleet,
             not_ready_after=60,
             taint=parse_taint("node.kubernetes.io/out-of-service=nodeshutdown:NoExecute"),
             dry_run=False,

@@ -19,6 +19,7 @@ from spotguard.config import parse_taint
 from spotguard.kube.client import MERGE_PATCH, SMP, KubeClient
 from spotguard.observability.metrics import Metrics
 from spotguard.queue.events import FleetEvent, parse_message
+from spotguard.queue.fleet import FleetCounter
 from spotguard.queue.recovery import (
     RECOVERY_ANNOTATION,
     Outcome,
@@ -61,8 +62,12 @@ def node(name: str, pool: str = "spot", *, ready: bool, since: datetime) -> dict
     return obj
 
 
+NAMESPACE = "spotguard"  # queue mode's: the fleet ledger lives there
+
+
 @pytest.fixture
 async def kube_client(emulator: ClusterEmulator) -> AsyncIterator[KubeClient]:
+    emulator.seed({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     kube = KubeClient(k8s.ApiClient(k8s.Configuration(host=emulator.url)), timeout=5)
     yield kube
     await kube.close()
@@ -81,16 +86,32 @@ def metrics() -> Metrics:
 def handler(
     kube: KubeClient, clock: Clock, metrics: Metrics, *, dry_run: bool = False, page_size: int = 500
 ) -> RecoveryHandler:
+    log = structlog.get_logger()
     return RecoveryHandler(
         kube=kube,
         clock=clock,
         metrics=metrics,
-        log=structlog.get_logger(),
+        log=log,
         cluster="aks-ml",
+        fleet=fleet_counter(kube, clock, metrics, dry_run=dry_run),
         not_ready_after=60,
         taint=parse_taint("node.kubernetes.io/out-of-service=nodeshutdown:NoExecute"),
         dry_run=dry_run,
         page_size=page_size,
+    )
+
+
+def fleet_counter(
+    kube: KubeClient, clock: Clock, metrics: Metrics, *, dry_run: bool = False
+) -> FleetCounter:
+    return FleetCounter(
+        kube=kube,
+        namespace=NAMESPACE,
+        cluster="aks-ml",
+        clock=clock,
+        metrics=metrics,
+        log=structlog.get_logger(),
+        dry_run=dry_run,
     )
 
 

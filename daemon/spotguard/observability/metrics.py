@@ -229,7 +229,8 @@ class Metrics:
         )
         self.fleet_evictions = Counter(
             "spotguard_fleet_evictions_total",
-            "Queue mode: VMs of this cluster that Azure reported preempted (spot evictions).",
+            "Queue mode: spot evictions of this cluster's VMs, reported by Azure (Event Grid) or "
+            "by the agents' Preempt notices, each eviction counted once.",
             ["cluster", "nodepool"],
             registry=registry,
         )

@@ -13,6 +13,12 @@ cannot take over). Each message is settled only after it was handled:
 
 Losing the lease stops receiving; messages held then are released by closing the receiver and
 redelivered to the new leader, which finds the work done on the node (idempotent by state).
+
+``NoticeConsumer`` reads queue mode's own subscription of the agents' notices topic the same way
+(``queue.notices``): a Preempt notice is claimed in the fleet ledger and counted once, anything
+else that is a CloudEvent is completed, a malformed message dead-lettered, and an API error
+abandons (the redelivery finds the claim in the ledger). ``LeaderConsumer`` is what both share:
+receive only while leading, one message at a time, reconnect with backoff.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from spotguard.kube.client import KubeError
 from spotguard.observability.metrics import Metrics
 from spotguard.queue.events import InvalidEvent, parse_message
 from spotguard.queue.leader import LeaderElector
+from spotguard.queue.notices import NoticeCounter, parse_notice
 from spotguard.queue.recovery import Outcome, RecoveryHandler
 from spotguard.sinks.servicebus import Auth, make_client
 
@@ -45,28 +52,31 @@ MAX_AGE = timedelta(hours=1)
 DEFAULT_RETRY = 30.0
 
 
-class QueueConsumer:
+def _raise_if_stopping() -> None:
+    """Stop when this task was asked to, even if the request got lost on the way: in Python 3.11
+    ``asyncio.wait_for`` (which the SDK's receive uses) can swallow a cancellation that arrives
+    as its inner future completes (fixed in 3.12), and the loop would then receive for ever.
+    ``cancelling()`` still counts the request."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+class LeaderConsumer:
+    """Receive from one queue or subscription while this replica leads (PEEK_LOCK, no prefetch:
+    a message it holds is a message a standby cannot take over); ``_handle`` settles each."""
+
     def __init__(
         self,
         *,
         auth: Auth,
-        queue: str,
-        recovery: RecoveryHandler,
         leader: LeaderElector,
-        metrics: Metrics,
-        clock: Clock,
         log: Logger,
-        max_age: timedelta = MAX_AGE,
         rng: random.Random | None = None,
     ) -> None:
         self._auth = auth
-        self._queue = queue
-        self._recovery = recovery
         self._leader = leader
-        self._metrics = metrics
-        self._clock = clock
-        self._log = log.bind(queue=queue)
-        self._max_age = max_age
+        self._log = log
         self._rng = rng or random.Random()
 
     async def run(self) -> None:
@@ -90,23 +100,30 @@ class QueueConsumer:
     def _leading(self, term: int) -> bool:
         return self._leader.is_leader.is_set() and self._leader.term == term
 
-    async def _consume(self, term: int) -> None:
-        from azure.servicebus import ServiceBusReceiveMode
+    def _receiver(self, client: Any) -> Any:
+        """The receiver to open on ``client`` (an async context manager)."""
+        raise NotImplementedError
 
+    def _sender(self, client: Any) -> Any:
+        """A sender to open beside it, or None."""
+        return None
+
+    async def _handle(self, receiver: Any, sender: Any, message: Any) -> None:
+        raise NotImplementedError
+
+    async def _consume(self, term: int) -> None:
         client, credential = make_client(self._auth)
         try:
-            async with (
-                client,
-                client.get_queue_receiver(
-                    self._queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=0
-                ) as receiver,
-                client.get_queue_sender(self._queue) as sender,
-            ):
+            async with client, contextlib.AsyncExitStack() as links:
+                receiver = await links.enter_async_context(self._receiver(client))
+                opened = self._sender(client)
+                sender = await links.enter_async_context(opened) if opened is not None else None
                 self._log.info("queue_consuming", term=term)
                 while self._leading(term):
                     messages = await receiver.receive_messages(
                         max_message_count=RECEIVE_BATCH, max_wait_time=RECEIVE_WAIT
                     )
+                    _raise_if_stopping()
                     for message in messages:
                         if not self._leading(term):
                             break  # the rest are released when the receiver closes
@@ -116,6 +133,40 @@ class QueueConsumer:
             if credential is not None:
                 with contextlib.suppress(Exception):
                     await credential.close()
+
+
+class QueueConsumer(LeaderConsumer):
+    """Event Grid events from ``queue`` → ``RecoveryHandler``."""
+
+    def __init__(
+        self,
+        *,
+        auth: Auth,
+        queue: str,
+        recovery: RecoveryHandler,
+        leader: LeaderElector,
+        metrics: Metrics,
+        clock: Clock,
+        log: Logger,
+        max_age: timedelta = MAX_AGE,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(auth=auth, leader=leader, log=log.bind(queue=queue), rng=rng)
+        self._queue = queue
+        self._recovery = recovery
+        self._metrics = metrics
+        self._clock = clock
+        self._max_age = max_age
+
+    def _receiver(self, client: Any) -> Any:
+        from azure.servicebus import ServiceBusReceiveMode
+
+        return client.get_queue_receiver(
+            self._queue, receive_mode=ServiceBusReceiveMode.PEEK_LOCK, prefetch_count=0
+        )
+
+    def _sender(self, client: Any) -> Any:
+        return client.get_queue_sender(self._queue)
 
     async def _handle(self, receiver: Any, sender: Any, message: Any) -> None:
         log = self._log.bind(message_id=str(message.message_id), deliveries=message.delivery_count)
@@ -163,3 +214,68 @@ class QueueConsumer:
         )
         when = self._clock.now() + timedelta(seconds=delay)
         await sender.schedule_messages(copy, when, timeout=SETTLE_TIMEOUT)
+
+
+class NoticeConsumer(LeaderConsumer):
+    """Agents' notices from queue mode's subscription ``<topic>/<subscription>`` → the fleet
+    count (``NoticeCounter``)."""
+
+    def __init__(
+        self,
+        *,
+        auth: Auth,
+        subscription: str,
+        counter: NoticeCounter,
+        leader: LeaderElector,
+        metrics: Metrics,
+        log: Logger,
+        rng: random.Random | None = None,
+    ) -> None:
+        topic, _, name = subscription.partition("/")
+        if not topic or not name or "/" in name:
+            raise ValueError(f"a subscription is <topic>/<subscription>, not {subscription!r}")
+        super().__init__(
+            auth=auth,
+            leader=leader,
+            log=log.bind(subscription=subscription),
+            rng=rng,
+        )
+        self._topic = topic
+        self._subscription = name
+        self._counter = counter
+        self._metrics = metrics
+
+    def _receiver(self, client: Any) -> Any:
+        from azure.servicebus import ServiceBusReceiveMode
+
+        return client.get_subscription_receiver(
+            topic_name=self._topic,
+            subscription_name=self._subscription,
+            receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
+            prefetch_count=0,
+        )
+
+    async def _handle(self, receiver: Any, sender: Any, message: Any) -> None:
+        log = self._log.bind(message_id=str(message.message_id), deliveries=message.delivery_count)
+        try:
+            notice = parse_notice(
+                b"".join(message.body),
+                content_type=message.content_type,
+                application_properties=message.application_properties,
+            )
+        except InvalidEvent as exc:
+            log.warning("notice_message_invalid", reason=exc.reason)
+            await receiver.dead_letter_message(
+                message, reason="InvalidNotice", error_description=exc.reason[:1024]
+            )
+            self._metrics.queue_message("dead_lettered")
+            return
+        try:
+            await self._counter.handle(notice)
+        except KubeError as exc:
+            log.warning("notice_message_abandoned", error=str(exc))
+            await receiver.abandon_message(message)
+            self._metrics.queue_message("abandoned")
+            return
+        await receiver.complete_message(message)
+        self._metrics.queue_message("completed")

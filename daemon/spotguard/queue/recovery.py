@@ -22,6 +22,10 @@ history is done: a redelivered message changes nothing.
 
 ``plan_eviction`` and ``plan_reconcile`` are the policy (pure functions of the event, the node
 and the time); ``RecoveryHandler`` is the mechanism (find the node, write, count, log).
+
+A ``VirtualMachinePreempted`` event of a VM of this cluster (tainted, Ready again, node gone,
+or already done) is also a fleet eviction: it is claimed in the fleet ledger (``queue.fleet``),
+which counts it unless a notice or an earlier delivery of it counted that eviction already.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ from spotguard.kube.client import JSON, SMP, KubeClient, KubeError
 from spotguard.kube.nodes import CONFLICT_BUDGET
 from spotguard.observability.metrics import UNKNOWN_NODEPOOL, Metrics
 from spotguard.queue.events import EventKind, FleetEvent
+from spotguard.queue.fleet import Eviction, FleetCounter
+from spotguard.queue.fleet import Source as Reporter
 from spotguard.sources.identity import VmIdentity, parse_vm_resource_id
 
 Logger = structlog.typing.FilteringBoundLogger
@@ -73,6 +79,12 @@ class Outcome(enum.StrEnum):
     @property
     def final(self) -> bool:
         return self is not Outcome.NOT_READY_YET
+
+
+#: Outcomes of a VirtualMachinePreempted event that mean "a VM of this cluster was evicted".
+EVICTED = frozenset(
+    {Outcome.TAINTED, Outcome.RECOVERED, Outcome.NODE_MISSING, Outcome.ALREADY_DONE}
+)
 
 
 class Step(enum.StrEnum):
@@ -338,6 +350,7 @@ class RecoveryHandler:
         metrics: Metrics,
         log: Logger,
         cluster: str,
+        fleet: FleetCounter,
         not_ready_after: float,
         taint: Taint,
         dry_run: bool,
@@ -350,6 +363,7 @@ class RecoveryHandler:
         self._metrics = metrics
         self._log = log
         self._cluster = cluster
+        self._fleet = fleet
         self._not_ready_after = not_ready_after
         self._taint = taint
         self._dry_run = dry_run
@@ -370,11 +384,11 @@ class RecoveryHandler:
                 UNKNOWN_NODEPOOL,
                 detail=event.ignore_reason,
             )
-            return self._report(result, event, log)
+            return await self._report(result, event, log)
         nodes = await self.nodes()
         node = find_node(nodes, event.vm)
         if node is None:
-            return self._report(self._missing(event, event.vm, nodes), event, log)
+            return await self._report(self._missing(event, event.vm, nodes), event, log)
         facts = node_facts(node, log)
         log = log.bind(node=facts.name)
 
@@ -390,7 +404,7 @@ class RecoveryHandler:
         try:
             plan, facts = await self._apply(node, planner, log)
         except _NodeGone:
-            return self._report(self._missing(event, event.vm, nodes), event, log)
+            return await self._report(self._missing(event, event.vm, nodes), event, log)
         assert plan is not None  # plan_eviction always plans
         result = Recovery(
             plan.outcome,
@@ -401,7 +415,7 @@ class RecoveryHandler:
             retry_after=plan.retry_after,
             detail=plan.detail,
         )
-        return self._report(result, event, log)
+        return await self._report(result, event, log)
 
     async def reconcile(self) -> list[Recovery]:
         """Untaint every node we tainted that is Ready again. Raises ``KubeError``."""
@@ -543,11 +557,21 @@ class RecoveryHandler:
             detail="the VM's node is gone",
         )
 
-    def _report(self, result: Recovery, event: FleetEvent, log: Logger) -> Recovery:
+    async def _report(self, result: Recovery, event: FleetEvent, log: Logger) -> Recovery:
+        if event.kind is EventKind.PREEMPTED and result.outcome in EVICTED:
+            # After the node write: a failure here raises, the message comes back, and its
+            # redelivery (ALREADY_DONE on the node) claims again.
+            await self._fleet.count(
+                Eviction(
+                    vm=event.vm_name,
+                    evicted=event.occurred_at,
+                    source=Reporter.EVENT_GRID,
+                    source_id=event.event_id,
+                    nodepool=result.nodepool,
+                    node=result.node or "",
+                )
+            )
         self._metrics.queue_recovery(result.outcome.value)
-        counted = (Outcome.TAINTED, Outcome.RECOVERED, Outcome.NODE_MISSING)
-        if event.kind is EventKind.PREEMPTED and result.outcome in counted:
-            self._metrics.fleet_eviction(self._cluster, result.nodepool)
         log.info(
             "recovery",
             outcome=result.outcome.value,
