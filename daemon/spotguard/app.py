@@ -218,11 +218,7 @@ async def run(
     remove_handlers = _stop_on_signals(stop)
     log = get_logger(command="run", node=node_name)
     metrics = Metrics(CollectorRegistry())
-    try:
-        kube = await connect(kubeconfig=None, timeout=settings.kube_request_timeout)
-    except KubeError as exc:
-        remove_handlers()
-        raise ConfigError(str(exc)) from exc
+    kube = await _connect(settings, remove_handlers)
     health = Health(blind_after=settings.blind_after, api_check=api_version_check(kube))
     metrics.track_imds_blind(health.imds_blind)
     try:
@@ -241,10 +237,21 @@ async def run(
 
 def _servicebus_auth(settings: Settings) -> Auth | None:
     """Publishing is on when an entity is named; then its credentials must be right at start."""
-    if not settings.servicebus_entity:
-        return None
+    return _auth(settings) if settings.servicebus_entity else None
+
+
+def _auth(settings: Settings) -> Auth:
     secret = settings.servicebus_connection_string
     return auth_from(secret.get_secret_value() if secret else None, settings.servicebus_namespace)
+
+
+async def _connect(settings: Settings, remove_handlers: Callable[[], None]) -> KubeClient:
+    """The API server client; a kubeconfig or in-cluster problem is a configuration error."""
+    try:
+        return await connect(kubeconfig=None, timeout=settings.kube_request_timeout)
+    except KubeError as exc:
+        remove_handlers()
+        raise ConfigError(str(exc)) from exc
 
 
 async def _agent(
@@ -403,18 +410,13 @@ async def queue_mode(
             "queue mode needs SPOTGUARD_POD_NAME and SPOTGUARD_POD_NAMESPACE (downward API): "
             "they name this replica in the leader Lease"
         )
-    secret = settings.servicebus_connection_string
-    auth = auth_from(secret.get_secret_value() if secret else None, settings.servicebus_namespace)
+    auth = _auth(settings)
     clock = clock or SystemClock()
     stop = stop or asyncio.Event()
     remove_handlers = _stop_on_signals(stop)
     log = get_logger(command="queue", pod=settings.pod_name)
     metrics = Metrics(CollectorRegistry())
-    try:
-        kube = await connect(kubeconfig=None, timeout=settings.kube_request_timeout)
-    except KubeError as exc:
-        remove_handlers()
-        raise ConfigError(str(exc)) from exc
+    kube = await _connect(settings, remove_handlers)
     health = Health(blind_after=settings.blind_after, api_check=api_version_check(kube))
     health.uses_imds = False
     health.identity_resolved = True
