@@ -13,8 +13,10 @@ AZURITE_VERSION := 3.35.0
 NPM_PREFIX  := .cache/npm
 AZURITE_STAMP := $(NPM_PREFIX)/.azurite-$(AZURITE_VERSION)
 # Debian packages the tests need (real servers, not fakes): promtool ships in prometheus, amtool in
-# prometheus-alertmanager (bookworm: 2.42.0, 0.25.0).
-APT_PACKAGES ?= prometheus prometheus-alertmanager
+# prometheus-alertmanager (bookworm: 2.42.0, 0.25.0). python3.11-venv: tests/deploy installs the
+# image's agent into a venv of Debian's python3.11, which an unprivileged user can run (pyenv's is
+# under /root).
+APT_PACKAGES ?= prometheus prometheus-alertmanager python3.11-venv
 # spotguard.kfp's tests compile pipelines in a virtualenv of their own (kfp pins requests and
 # urllib3 exactly): the `kfp` extra's packages, plus spotguard from the work tree without its deps.
 KFP_VENV    := .cache/kfp-venv
@@ -42,6 +44,9 @@ $(WHEEL_STAMP): $(STAMP)
 	$(PY) -m pip wheel -q --no-deps -w $(WHEELHOUSE) .
 	$(PY) -m pip download -q --only-binary=:all: -d $(WHEELHOUSE) -c $(WHEELHOUSE)/constraints.txt \
 	  fsspec adlfs hatchling
+	@# The agent's runtime dependencies (no extras), for tests/deploy's offline install of the image.
+	$(PY) -m pip download -q --only-binary=:all: -d $(WHEELHOUSE) -c $(WHEELHOUSE)/constraints.txt \
+	  $$($(PY) -c 'import tomllib; print(" ".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))')
 	@touch $@
 
 $(KFP_STAMP): pyproject.toml Makefile

