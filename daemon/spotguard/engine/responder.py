@@ -205,17 +205,24 @@ class Responder:
             log.warning("drain_without_cordon", waited_s=round(hold, 3))
             state = None
         round_ = None
+        reporting = None
         try:
             # Bounded by one pod list (the API timeout): the holds must be known before any
             # eviction, or a step could be evicted (not retried) while it saves.
             round_ = await starting if starting is not None else None
-            await self._carry_out(notice, plan, state, round_)
             if round_ is not None:
-                await self._report_checkpoints(notice, round_)
+                # Reported as soon as the steps have answered, not after an acknowledgement
+                # that may wait for other nodes.
+                reporting = asyncio.create_task(self._report_checkpoints(notice, round_))
+            await self._carry_out(notice, plan, state, round_)
+            if reporting is not None:
+                await reporting
         finally:
             cordon.cancel()
             if starting is not None and not starting.done():
                 starting.cancel()
+            if reporting is not None and not reporting.done():
+                reporting.cancel()
             await stop_round(round_)
             with contextlib.suppress(asyncio.CancelledError):
                 await cordon
