@@ -11,11 +11,13 @@ tool, one tool after the other:
 - **kubectl, defaults**: ``kubectl drain NODE --ignore-daemonsets --delete-emptydir-data
   --force``, the pinned ``.venv/bin/kubectl``. t0 is the moment it is started: kubectl is spared
   any detection time.
-- **kubectl, tuned** for each notice: the same plus ``--grace-period`` (the grace spotguard's
-  first requests carry: notice - 2 s safety margin - 1 s headroom, rounded down),
-  ``--timeout=<notice>s`` and ``--disable-eviction``. kubectl has no flag for its client-side
-  rate limit (client-go's 5 requests/s, burst 10; kubectl keeps one such limiter for its pod
-  reads and one for its evictions or deletes), so it cannot be tuned away.
+- **kubectl, tuned** for a notice (``--tuned-for``, default 30 s): the same plus
+  ``--grace-period`` (the grace spotguard's first requests carry: notice - 2 s safety margin -
+  1 s headroom, rounded down), ``--timeout=<notice>s`` and ``--disable-eviction``. kubectl has
+  no flag for its client-side rate limit (client-go's 5 requests/s, burst 10; the request log
+  shows its evictions or deletes at 5/s and its reads of the pods at another 5/s beside them),
+  so it cannot be tuned away. kubectl talks to the emulator through ``JsonBodyProxy``, which
+  re-encodes the protobuf ``DeleteOptions`` of ``--disable-eviction`` as JSON.
 
 The node (``cluster_workloads.loaded_node`` plus checkpointing steps, the whole making ``size``
 pods): 3 DaemonSet pods; a ReplicaSet behind a PodDisruptionBudget (``maxUnavailable: 25%``);
@@ -38,7 +40,9 @@ the pods and PodDisruptionBudgets that the bench keeps open (its own requests ex
   the VM goes then);
 - PDB violations: pods covered by a budget that were removed while it allowed no disruption
   (see ``pdb_violations``);
-- API requests the tool sent from t0 to the end of its drain, and the most in any one second.
+- API requests the tool sent from t0 to the end of its drain, and the most in any one second;
+- others' CPU: cores that processes other than the bench and its children used during the run
+  (``/proc/stat`` less our own CPU time), to tell a quiet machine from a busy one.
 
 Further scenarios: ``apf`` (spotguard, 10 s notice, 429 with ``Retry-After: 1`` on half of the
 first eviction requests), ``stuck-pdb`` (110 pods; replacements never become Ready, so the budget
@@ -46,10 +50,14 @@ stays exhausted: spotguard deletes what the deadline forces, kubectl is stopped 
 and ``detection`` (injection at the simulator to the agent's ``notice_new`` log line, many
 injections at random moments of the 1 s poll).
 
-Every child is stopped on the way out, on errors and Ctrl-C too. Usage::
+Every child is stopped on the way out, on errors, Ctrl-C and SIGTERM too. Progress goes to
+stderr, the tables to stdout. The defaults take about 13 min on 2 cores. Usage::
 
-    .venv/bin/python bench/drain_vs_kubectl.py [--sizes 30 110 250] [--rounds 3]
-        [--scenarios main apf stuck-pdb detection] [--detections 100]
+    .venv/bin/python bench/drain_vs_kubectl.py [--sizes 30 110 250] [--rounds 2]
+        [--extra-rounds 1] [--scenarios main apf stuck-pdb detection] [--detections 60]
+        [--tuned-for 30 [10]]
+
+Results and how to read them: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -1210,7 +1218,9 @@ def report_targets(
                 f"{factor:.1f}x (medians {theirs:.2f} s / {ours:.2f} s)"
                 if factor is not None and theirs is not None and ours is not None
                 else "not measurable",
-                met(factor is not None and factor >= 20),
+                # The target is the 110-pod node's. Other sizes are reported beside it: below
+                # ~60 pods kubectl's burst of 10 hides its rate limit and detection dominates.
+                met(factor is not None and factor >= 20) if size == 110 else "reference",
             ]
         )
     sg_main = [
