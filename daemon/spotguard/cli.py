@@ -1,5 +1,5 @@
 """Command line: ``spotguard run | queue | watch | simulate-imds | simulate-cluster |
-simulate-servicebus | demo``.
+simulate-servicebus | demo | config-reference``.
 
 Parses arguments and settings, configures logging, and hands over to the composition root
 (``app.py``) or a simulator. Invalid settings end here with exit code 2 and one line per key.
@@ -92,6 +92,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(settings, out=sys.stdout, speedup=args.speedup, notice=args.notice))
 
 
+def _cmd_config_reference(args: argparse.Namespace) -> int:
+    from spotguard.config_reference import write_or_check
+
+    return write_or_check(args.output, check=args.check)
+
+
 def _sim(module: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -163,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--notice", type=float, default=30.0, help="seconds of notice the Preempt gives"
     )
     demo.set_defaults(func=_cmd_demo)
+
+    config_reference = sub.add_parser(
+        "config-reference",
+        help="write docs/configuration.md from the settings model (spotguard.config)",
+        description="Run from the repository root after changing daemon/spotguard/config.py.",
+    )
+    config_reference.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if the file is out of date"
+    )
+    config_reference.add_argument(
+        "--output", type=Path, default=Path("docs/configuration.md"), help="the page to write"
+    )
+    config_reference.set_defaults(func=_cmd_config_reference)
 
     # --- simulators (the `sim` extra); their modules are imported only when run ----------
     sim_imds = sub.add_parser(

@@ -146,11 +146,22 @@ class Action(enum.StrEnum):
 class KindPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    action: Action = Action.DRAIN
-    #: POST StartRequests after our drain finished (only as DESIGN.md allows)
-    acknowledge: bool = False
-    #: delete a pod whose PDB still refuses eviction when its grace would no longer fit
-    delete_on_pdb_block: bool = False
+    action: Action = Field(
+        default=Action.DRAIN,
+        description="What to do for this kind of notice: drain (cordon, taint, checkpoint, "
+        "drain), cordon (cordon and taint only) or record (log, count, publish; touch nothing).",
+    )
+    acknowledge: bool = Field(
+        default=False,
+        description="POST StartRequests after our drain finished, only when this VM is the only "
+        "one in the event's Resources or every listed node has drained (acknowledging releases "
+        "them all).",
+    )
+    delete_on_pdb_block: bool = Field(
+        default=False,
+        description="Delete a pod whose PodDisruptionBudget still refuses eviction once its grace "
+        "period would no longer fit before the deadline.",
+    )
 
 
 def _default_policy() -> dict[Kind, KindPolicy]:
@@ -215,10 +226,14 @@ class Settings(BaseSettings):
         default=AnyHttpUrl("http://169.254.169.254"), description="Base URL of IMDS."
     )
     imds_events_api_version: str = Field(
-        default="2020-07-01", pattern=r"^\d{4}-\d{2}-\d{2}$", description="Scheduled Events API."
+        default="2020-07-01",
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="Scheduled Events API version (2020-07-01 adds DurationInSeconds).",
     )
     imds_instance_api_version: str = Field(
-        default="2021-02-01", pattern=r"^\d{4}-\d{2}-\d{2}$", description="Instance metadata API."
+        default="2021-02-01",
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="Instance metadata API version (used for the identity: compute.name).",
     )
     poll_interval: Duration = Field(
         default=1.0,
@@ -264,8 +279,13 @@ class Settings(BaseSettings):
     http_address: HostPort = Field(
         default="0.0.0.0:9464", description="Listen address of /metrics, /healthz, /readyz."
     )
-    log_format: LogFormat = Field(default=LogFormat.JSON, description="json or console.")
-    log_level: LogLevel = Field(default=LogLevel.INFO, description="debug, info, warning, error.")
+    log_format: LogFormat = Field(
+        default=LogFormat.JSON,
+        description="Log lines: json (one object per line) or console (for people).",
+    )
+    log_level: LogLevel = Field(
+        default=LogLevel.INFO, description="The lowest level that is logged."
+    )
 
     # --- Service Bus, alerts --------------------------------------------------------------
     servicebus_connection_string: SecretStr | None = Field(
