@@ -12,6 +12,11 @@ WHEEL_STAMP := $(WHEELHOUSE)/.spotguard-filled
 AZURITE_VERSION := 3.35.0
 NPM_PREFIX  := .cache/npm
 AZURITE_STAMP := $(NPM_PREFIX)/.azurite-$(AZURITE_VERSION)
+# tests/deploy validates the PodMonitor/PrometheusRule manifests with these models' ajv schemas
+# (tests/deploy/validate_crds.mjs) and, for unknown fields, their TypeScript declarations.
+PROM_MODELS_VERSION := 6.0.0
+TYPESCRIPT_VERSION  := 5.9.3
+CRD_MODELS_STAMP := $(NPM_PREFIX)/.prometheus-operator-$(PROM_MODELS_VERSION)-typescript-$(TYPESCRIPT_VERSION)
 # Debian packages the tests need (real servers, not fakes): promtool ships in prometheus, amtool in
 # prometheus-alertmanager (bookworm: 2.42.0, 0.25.0). python3.11-venv: tests/deploy installs the
 # image's agent into a venv of Debian's python3.11, which an unprivileged user can run (pyenv's is
@@ -24,7 +29,7 @@ KFP_STAMP   := $(KFP_VENV)/.spotguard-kfp-installed
 
 .PHONY: setup demo test lint typecheck unit clean
 
-setup: $(STAMP) $(WHEEL_STAMP) $(AZURITE_STAMP) $(KFP_STAMP)
+setup: $(STAMP) $(WHEEL_STAMP) $(AZURITE_STAMP) $(CRD_MODELS_STAMP) $(KFP_STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@if [ -n "$(strip $(APT_PACKAGES))" ]; then \
@@ -61,12 +66,18 @@ $(AZURITE_STAMP):
 	npm install --prefix $(NPM_PREFIX) --save-exact --no-audit --no-fund azurite@$(AZURITE_VERSION)
 	@touch $@
 
+# After Azurite's: two npm installs into one prefix must not run at once (make -j).
+$(CRD_MODELS_STAMP): | $(AZURITE_STAMP)
+	npm install --prefix $(NPM_PREFIX) --save-exact --no-audit --no-fund \
+	  @kubernetes-models/prometheus-operator@$(PROM_MODELS_VERSION) typescript@$(TYPESCRIPT_VERSION)
+	@touch $@
+
 demo: setup
 	$(VENV)/bin/spotguard demo
 
 lint: setup
-	$(VENV)/bin/ruff check daemon tests bench examples dashboards
-	$(VENV)/bin/ruff format --check daemon tests bench examples dashboards
+	$(VENV)/bin/ruff check daemon tests bench examples dashboards deploy
+	$(VENV)/bin/ruff format --check daemon tests bench examples dashboards deploy
 
 typecheck: setup
 	$(VENV)/bin/mypy
