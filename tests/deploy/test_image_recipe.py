@@ -5,6 +5,7 @@ issue asks (numeric user, no compilers, OCI labels, the version from the single 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,12 +13,21 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from spotguard import __version__
+from spotguard.sim.child_process import stop_process
+from tests.e2e.agent_harness import (
+    agent_harness,
+    node_name,
+    notices_of,
+    spotguard_taints,
+    wait_node_drained,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -217,20 +227,38 @@ def agent_venv() -> Iterator[Path]:
         shutil.rmtree(top, ignore_errors=True)
 
 
-def unprivileged(venv: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+def image_user(*args: str) -> list[str]:
+    """``args`` run as the image's user, as the DaemonSet runs it: uid and gid 65532, no
+    supplementary groups, no capabilities (drop: [ALL]), no_new_privs
+    (allowPrivilegeEscalation: false)."""
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is missing: cannot drop to an unprivileged user"
-    # No HOME, nothing of ours: only what the image sets, and `spotguard` on PATH as there.
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", **IMAGE_ENV, **extra_env}
-    command = [
+    return [
         setpriv,
         f"--reuid={UID}",
         f"--regid={GID}",
         "--clear-groups",
         "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
         *args,
     ]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, cwd="/")
+
+
+def image_env(venv: Path, **extra_env: str) -> dict[str, str]:
+    # No HOME, nothing of ours: only what the image sets, and `spotguard` on PATH as there.
+    return {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", **IMAGE_ENV, **extra_env}
+
+
+def unprivileged(venv: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        image_user(*args),
+        capture_output=True,
+        text=True,
+        env=image_env(venv, **extra_env),
+        timeout=60,
+        cwd="/",
+    )
 
 
 @pytest.mark.slow
@@ -277,3 +305,207 @@ def test_run_without_a_node_name_exits_2_with_one_line(agent_venv: Path) -> None
     events = [json.loads(line) for line in logged]
     assert [e["event"] for e in events] == ["settings"], done.stderr
     assert events[0]["version"] == __version__
+
+
+# --- the agent on a read-only root filesystem ----------------------------------------------
+
+#: Where a program writes when it writes anything: each is made read-only (remounted where it
+#: is a mount of its own) and probed before the agent starts. What stays writable for root is
+#: only what a container has too: /proc, /sys and the device nodes under /dev.
+WRITABLE_ELSEWHERE = ("/", "/tmp", "/var/tmp", "/dev/shm", "/run")
+NOTICE = 8.0  # as tests/e2e/test_agent_preempt.py
+READY_TIMEOUT = 30.0
+#: The spot-node scenario's agent pod on node 0 (the downward API's metadata.name/namespace).
+AGENT_POD = ("spotguard-agent-a9q4m", "spotguard")
+
+# Runs as root in a mount namespace of its own (unshare -m, private propagation): makes the
+# root filesystem and the other places above read-only there, proves that even root can no
+# longer write to them, then execs "$@" (the agent, as the image's user) in the same process.
+# No `mount --bind / /` first: that would stack a second, writable mount of / over the process's
+# root (which remount makes read-only, as the mount found from the root is that one), leaving
+# two "/" lines in mountinfo; remounting the namespace's own copy of / is enough.
+READ_ONLY_ROOT = """\
+set -eu
+mount -o remount,bind,ro /
+for mnt in $SPOTGUARD_TEST_MOUNTS; do mount -o remount,bind,ro "$mnt"; done
+for dir in $SPOTGUARD_TEST_PROBES; do
+    probe="${dir%/}/.spotguard-read-only-probe"
+    if err=$(LC_ALL=C touch "$probe" 2>&1); then
+        rm -f "$probe"
+        echo "read-only probe: $dir is writable" >&2
+        exit 97
+    fi
+    case $err in
+        *"Read-only file system"*) echo "read-only probe: $dir read-only" >&2 ;;
+        *) echo "read-only probe: $dir: $err" >&2; exit 97 ;;
+    esac
+done
+unset SPOTGUARD_TEST_MOUNTS SPOTGUARD_TEST_PROBES
+exec "$@"
+"""
+
+
+def mount_points() -> set[str]:
+    """This mount namespace's mount points (/proc/self/mountinfo, field 5, octal-escaped)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return {
+        line.split()[4].encode().decode("unicode_escape") for line in lines if len(line.split()) > 4
+    }
+
+
+def probed_dirs() -> list[str]:
+    return [d for d in WRITABLE_ELSEWHERE if Path(d).is_dir()]
+
+
+def root_mount_options(pid: int) -> list[str]:
+    """The per-mount options of ``/`` as process ``pid`` sees it (exactly one mount there)."""
+    lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
+    (root,) = [fields for fields in map(str.split, lines) if fields[4] == "/"]
+    return root[5].split(",")
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+@pytest.fixture
+def config_dir() -> Iterator[Path]:
+    """The agent's /etc/spotguard and its kubeconfig: a directory uid 65532 can read (pytest's
+    tmp_path is not), which is read-only for it like the ConfigMap mount."""
+    top = Path(tempfile.mkdtemp(prefix="spotguard-etc-"))
+    try:
+        top.chmod(0o755)
+        yield top
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.slow
+async def test_the_agent_drains_a_node_on_a_read_only_root_filesystem(
+    agent_venv: Path, config_dir: Path, tmp_path: Path
+) -> None:
+    unshare = shutil.which("unshare")
+    mount = shutil.which("mount")
+    assert unshare, "unshare (util-linux) is missing: cannot give the agent a read-only root"
+    assert mount, "mount (util-linux) is missing: cannot give the agent a read-only root"
+    node = node_name(0)
+    async with agent_harness(tmp_path, agents=(0,), start_agents=False) as h:
+        # The simulators run outside the namespace, as the harness starts them; the harness's
+        # Agent is used for its settings (IMDS URL, kubeconfig, HTTP port) and HTTP client only.
+        agent = h.agent(0)
+        config = config_dir / "spotguard.yaml"
+        shutil.copyfile(ROOT / "config" / "spotguard.yaml", config)
+        kubeconfig = config_dir / "kubeconfig"
+        shutil.copyfile(agent.env["KUBECONFIG"], kubeconfig)
+        for path in (config, kubeconfig):
+            path.chmod(0o644)
+        mounts = mount_points()
+        probes = probed_dirs()
+        env = image_env(
+            agent_venv,
+            SPOTGUARD_NODE_NAME=node,
+            SPOTGUARD_POD_NAME=AGENT_POD[0],
+            SPOTGUARD_POD_NAMESPACE=AGENT_POD[1],
+            SPOTGUARD_CLUSTER_NAME="aks-ml",
+            SPOTGUARD_IMDS_URL=agent.env["SPOTGUARD_IMDS_URL"],
+            SPOTGUARD_HTTP_ADDRESS=f"127.0.0.1:{agent.port}",
+            KUBECONFIG=str(kubeconfig),
+            # The suite's loopback-only guard (tests/netguard, stdlib only) for this interpreter
+            # too; everything the agent is given is on 127.0.0.1 anyway.
+            PYTHONPATH=str(ROOT / "tests" / "netguard"),
+            SPOTGUARD_TEST_MOUNTS=" ".join(d for d in probes if d != "/" and d in mounts),
+            SPOTGUARD_TEST_PROBES=" ".join(probes),
+        )
+        for url in (env["SPOTGUARD_IMDS_URL"], kubeconfig.read_text()):
+            assert "127.0.0.1" in url, url
+        proc = await asyncio.create_subprocess_exec(
+            unshare, "--mount", "--propagation", "private", "sh", "-c", READ_ONLY_ROOT, "sh",
+            *image_user(str(agent_venv / "bin" / "spotguard"), "run", "--config", str(config)),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd="/",
+        )  # fmt: skip
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        stdout = asyncio.create_task(proc.stdout.read())
+        stderr: list[str] = []
+
+        async def read_stderr(stream: asyncio.StreamReader) -> None:
+            while raw := await stream.readline():
+                stderr.append(raw.decode("utf-8", "replace").rstrip("\n"))
+
+        reader = asyncio.create_task(read_stderr(proc.stderr))
+
+        def said() -> str:
+            return "\n--- the agent's stderr ---\n" + "\n".join(stderr)
+
+        try:
+            # Ready: identity resolved through IMDS, the API server answering.
+            async def ready() -> bool:
+                if proc.returncode is not None:
+                    await reader
+                    raise RuntimeError(f"the agent exited with {proc.returncode}{said()}")
+                return await agent.status("/readyz") == 200
+
+            try:
+                await h.wait_for(ready, timeout=READY_TIMEOUT, what="/readyz 200", interval=0.1)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}{said()}") from None
+            for probe in probes:
+                assert f"read-only probe: {probe} read-only" in stderr, said()
+
+            # The process that answers is the agent, as the image's user, in the namespace whose
+            # root filesystem is read-only.
+            status = proc_status(proc.pid)
+            assert status["Uid"].split() == [str(UID)] * 4, status
+            assert status["Gid"].split() == [str(GID)] * 4, status
+            assert status["Groups"] == "", status
+            for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+                assert int(status[caps], 16) == 0, (caps, status[caps])
+            assert status["NoNewPrivs"] == "1"
+            assert os.readlink(f"/proc/{proc.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+            assert "ro" in root_mount_options(proc.pid)
+
+            # A Preempt for this VM: cordon, taint, drain, all without writing a file.
+            injected_at = time.time()
+            event = await h.imds.inject("Preempt", not_before_in=NOTICE)
+            event_id = event["event_id"]
+            pods = h.cluster.pods_of(node, before=injected_at)
+            assert len(pods) == 7  # the spot-node scenario's pods that must move
+            try:
+                await wait_node_drained(h, node, event_id, pods, timeout=NOTICE + 5)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}{said()}") from None
+
+            obj = await h.cluster.node(node)
+            assert obj["spec"]["unschedulable"] is True, said()
+            assert [(t["key"], t["value"], t["effect"]) for t in spotguard_taints(obj)] == [
+                ("spotguard.io/preempt", event_id, "NoSchedule")
+            ], said()
+            record = notices_of(obj)[event_id]
+            assert record["phase"] == "drained", said()
+            assert record["cordoned_by_us"] is True
+            # DaemonSet pods stay, the agent's own among them.
+            left = {p["metadata"]["name"] for p in await h.cluster.pods_on(node)}
+            assert left == {"kube-proxy-ax7k2", AGENT_POD[0]}, said()
+            metrics = await agent.metrics()
+            assert metrics['spotguard_drains_total{kind="preempt",outcome="drained"}'] == 1
+            assert metrics['spotguard_actions_total{action="evict",outcome="success"}'] >= 1
+            assert await agent.status("/healthz") == 200
+
+            code = await stop_process(proc, timeout=15)
+            await reader
+            assert code == 0, f"exit code {code} after SIGTERM{said()}"
+            # Every line the agent wrote is JSON, none at error level (an EROFS would be one).
+            logged = [line for line in stderr if not line.startswith("read-only probe: ")]
+            events = [json.loads(line) for line in logged]
+            errors = [e for e in events if str(e.get("level")).lower() in {"error", "critical"}]
+            assert errors == [], said()
+            assert (await stdout).decode() == "", "the agent logs to stderr only"
+        except BaseException:
+            print(said())  # shown by pytest with any failure above
+            raise
+        finally:
+            await stop_process(proc)
+            for task in (reader, stdout):
+                task.cancel()
