@@ -17,8 +17,6 @@ They run after every e2e test (``tests/conftest.py`` moves this module last), so
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deploy.manifests import kustomize
 from tests.rbac_recorder import AGENT, QUEUE, RECORDER, Access, Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +37,6 @@ RENDERED = {
     DEPLOY / "base": (BASE_RBAC,),
     DEPLOY / "overlays" / "queue-mode": (BASE_RBAC, QUEUE_RBAC),
 }
-KUBECTL = Path(sys.executable).parent / "kubectl"
 
 #: identity -> its ServiceAccount (namespace, name)
 ACCOUNTS = {AGENT: ("spotguard", "spotguard"), QUEUE: ("spotguard", "spotguard-queue")}
@@ -141,11 +139,17 @@ def grants(docs: list[Doc], account: tuple[str, str]) -> list[Grant]:
         ):
             continue
         ref = binding["roleRef"]
+        # A Role is namespaced: a RoleBinding can only refer to the Role of that name in its own
+        # namespace (a ClusterRoleBinding to none), and grants it only there.
         role_ns = _ns(binding) if ref["kind"] == "Role" else None
+        if ref["kind"] == "Role":
+            assert binding["kind"] == "RoleBinding", f"{binding['metadata']['name']}: {ref}"
         role = roles.get((ref["kind"], role_ns, ref["name"]))
-        assert role is not None, f"{binding['kind']} {binding['metadata']['name']}: no {ref}"
+        assert role is not None, (
+            f"{binding['kind']} {binding['metadata']['name']} ({role_ns}): no {ref} there"
+        )
         scope = _ns(binding) if binding["kind"] == "RoleBinding" else None
-        if ref["name"] == PER_NAMESPACE_ROLE:
+        if ref["kind"] == "ClusterRole" and ref["name"] == PER_NAMESPACE_ROLE:
             scope = None
         for rule in role["rules"]:
             for group in rule.get("apiGroups") or [""]:
@@ -300,16 +304,7 @@ def test_kustomize_renders_the_rbac_unchanged(directory: Path) -> None:
     renames a resourceName that matches a generated ConfigMap to the hashed name)."""
     if not (directory / "kustomization.yaml").exists():
         pytest.fail(f"{directory}/kustomization.yaml is missing")
-    assert KUBECTL.exists(), f"{KUBECTL} is missing: run make setup"
-    result = subprocess.run(
-        [str(KUBECTL), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    rendered = rbac_objects(d for d in yaml.safe_load_all(result.stdout) if d)
+    rendered = rbac_objects(d for d in yaml.safe_load_all(kustomize(directory)) if d)
     written = rbac_objects(load(*RENDERED[directory]))
     assert set(rendered) == set(written)
     for key, obj in written.items():
@@ -384,3 +379,30 @@ subjects: [{kind: ServiceAccount, name: someone-else, namespace: ns}]
     assert not grant.authorises(access("ns", "other"))
     assert not grant.authorises(access("elsewhere", "l"))
     assert list(wildcards({"rules": [{"verbs": ["*"]}]})) == [".rules[0].verbs[0]: '*'"]
+
+
+def test_a_role_grants_only_in_its_own_namespace() -> None:
+    """A Role binds only from a RoleBinding in its namespace, and authorises only there: the
+    agent's Events Role in ``default`` must not cover Events elsewhere."""
+    role = """
+kind: Role
+metadata: {name: events, namespace: default}
+rules: [{apiGroups: [""], resources: [events], verbs: [create]}]
+"""
+    binding = """
+kind: RoleBinding
+metadata: {name: events, namespace: %s}
+roleRef: {kind: Role, name: events}
+subjects: [{kind: ServiceAccount, name: sa, namespace: ns}]
+"""
+    (grant,) = grants(list(yaml.safe_load_all(role + "---" + binding % "default")), ("ns", "sa"))
+    assert grant.namespace == "default"
+
+    def create_event(namespace: str) -> Access:
+        return Access("x", "create", "", "events", namespace, None, None, 201, None, "t")
+
+    assert grant.authorises(create_event("default"))
+    assert not grant.authorises(create_event("spotguard"))
+    # A RoleBinding elsewhere does not find the Role (the API server would grant nothing).
+    with pytest.raises(AssertionError, match=r"RoleBinding events \(spotguard\): no "):
+        grants(list(yaml.safe_load_all(role + "---" + binding % "spotguard")), ("ns", "sa"))
