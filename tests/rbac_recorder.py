@@ -12,10 +12,10 @@ apiserver's authorizer sees it (verb, API group, resource, subresource, namespac
   stopped), its whole request log is read and spotguard's requests are kept here.
 
 spotguard's own requests are told from the test's (the harness's ``HARNESS_UA`` reads, the
-tests' plain aiohttp calls standing in for the kubelet or an operator) by User-Agent: spotguard's
-API client is kubernetes-asyncio, which sends ``OpenAPI-Generator/<version>/python``. The agent
-and queue mode send the same one, so an emulator that both talked to cannot be attributed and is
-reported as such (none of today's tests does that).
+tests' plain aiohttp calls standing in for the kubelet or an operator) by User-Agent:
+``spotguard/<version> (run|queue)`` (``spotguard.kube.client.user_agent``), which also names the
+identity. A request whose User-Agent names another identity than the process given that
+emulator's kubeconfig is reported as unattributed, so the two sources must agree.
 
 ``RECORDER`` lives for the pytest session; ``tests/deploy/test_rbac.py`` (run after the e2e tests,
 see ``tests/conftest.py``) compares it with ``deploy/``'s RBAC.
@@ -24,6 +24,7 @@ see ``tests/conftest.py``) compares it with ``deploy/``'s RBAC.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,16 +45,21 @@ QUEUE = "queue"  # spotguard queue: ServiceAccount spotguard-queue
 #: spotguard subcommand -> identity (the other subcommands never talk to the API server)
 IDENTITIES = {"run": AGENT, "queue": QUEUE}
 
-#: kubernetes-asyncio's User-Agent (``ApiClient.user_agent``); spotguard does not change it.
-CLIENT_UA_PREFIX = "OpenAPI-Generator/"
-CLIENT_UA_SUFFIX = "/python"
+#: spotguard's User-Agent, ``spotguard/<version> (<command>)``.
+_CLIENT_UA = re.compile(r"^spotguard/\S+ \((?P<command>[a-z-]+)\)$")
 
 #: Denied: the request did not need the verb granted (the emulator never denies, but be exact).
 DENIED = frozenset({401, 403})
 
 
 def is_spotguard_client(user_agent: str) -> bool:
-    return user_agent.startswith(CLIENT_UA_PREFIX) and user_agent.endswith(CLIENT_UA_SUFFIX)
+    return _CLIENT_UA.match(user_agent) is not None
+
+
+def identity_of(user_agent: str) -> str | None:
+    """The identity a spotguard User-Agent names (None: not ``run``/``queue``)."""
+    match = _CLIENT_UA.match(user_agent)
+    return IDENTITIES.get(match.group("command")) if match else None
 
 
 def spotguard_command(argv: Sequence[Any]) -> str | None:
@@ -140,10 +146,10 @@ class Recorder:
                 if user_agent not in own and not _is_plain_aiohttp(user_agent):
                     self.unknown_agents.add(f"{user_agent!r} ({test})")
                 continue
-            if len(identities) != 1:
+            identity = identity_of(user_agent)
+            if identity is None or identity not in identities:
                 self.unattributed.append({**entry, "test": test, "identities": sorted(identities)})
                 continue
-            (identity,) = identities
             resource = entry.get("resource")
             subresource = entry.get("subresource")
             if resource and subresource:

@@ -25,7 +25,7 @@ from spotguard.engine.reporting import Reporter
 from spotguard.engine.responder import Responder
 from spotguard.engine.store import NoticeStore
 from spotguard.errors import ConfigError, IdentityError
-from spotguard.kube.client import JSON, KubeClient, KubeError, connect
+from spotguard.kube.client import JSON, KubeClient, KubeError, connect, user_agent
 from spotguard.kube.nodes import NodeActions, node_state
 from spotguard.model import ChangeType, NoticeChange, ScheduledEventsDocument, change_record
 from spotguard.observability.health import Health, api_version_check
@@ -218,7 +218,7 @@ async def run(
     remove_handlers = _stop_on_signals(stop)
     log = get_logger(command="run", node=node_name)
     metrics = Metrics(CollectorRegistry())
-    kube = await _connect(settings, remove_handlers)
+    kube = await _connect(settings, remove_handlers, "run")
     health = Health(blind_after=settings.blind_after, api_check=api_version_check(kube))
     metrics.track_imds_blind(health.imds_blind)
     try:
@@ -245,10 +245,14 @@ def _auth(settings: Settings) -> Auth:
     return auth_from(secret.get_secret_value() if secret else None, settings.servicebus_namespace)
 
 
-async def _connect(settings: Settings, remove_handlers: Callable[[], None]) -> KubeClient:
+async def _connect(
+    settings: Settings, remove_handlers: Callable[[], None], command: str
+) -> KubeClient:
     """The API server client; a kubeconfig or in-cluster problem is a configuration error."""
     try:
-        return await connect(kubeconfig=None, timeout=settings.kube_request_timeout)
+        return await connect(
+            kubeconfig=None, timeout=settings.kube_request_timeout, agent=user_agent(command)
+        )
     except KubeError as exc:
         remove_handlers()
         raise ConfigError(str(exc)) from exc
@@ -416,7 +420,7 @@ async def queue_mode(
     remove_handlers = _stop_on_signals(stop)
     log = get_logger(command="queue", pod=settings.pod_name)
     metrics = Metrics(CollectorRegistry())
-    kube = await _connect(settings, remove_handlers)
+    kube = await _connect(settings, remove_handlers, "queue")
     health = Health(blind_after=settings.blind_after, api_check=api_version_check(kube))
     health.uses_imds = False
     health.identity_resolved = True

@@ -198,8 +198,8 @@ def recorded() -> Recorder:
     )
     assert not RECORDER.errors, "\n".join(RECORDER.errors)
     assert not RECORDER.unattributed, (
-        "spotguard requests on an emulator that both the agent and queue mode (or neither) "
-        f"talked to cannot be attributed: {RECORDER.unattributed[:5]}"
+        "spotguard requests whose User-Agent names another identity than the process given "
+        f"that emulator's kubeconfig: {RECORDER.unattributed[:5]}"
     )
     assert not RECORDER.unknown_agents, (
         "requests from clients that are neither spotguard's nor the tests' own: "

@@ -22,6 +22,7 @@ import aiohttp
 import pytest
 
 from spotguard.clock import rfc3339
+from spotguard.kube.client import user_agent
 from spotguard.queue.fleet import LEDGER_KEY, LEDGER_NAME, parse_ledger
 from spotguard.queue.recovery import recovery_record
 from spotguard.sim.child_process import child_env, free_port, spawn, stop_process, wait_ready
@@ -495,9 +496,8 @@ async def test_a_conflicting_node_write_is_redone_on_the_fresh_node(tmp_path: Pa
         assert errors == []
 
 
-#: Queue mode's API client (kubernetes-asyncio) says so in its User-Agent; the test's requests
-#: (plain aiohttp) do not.
-UA = "OpenAPI-Generator/"
+#: Queue mode's User-Agent; the test's requests (plain aiohttp) send another.
+UA = user_agent("queue")
 OPERATOR_TAINT = {"key": OUT_OF_SERVICE, "value": "nodeshutdown", "effect": "NoExecute"}
 
 

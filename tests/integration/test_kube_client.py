@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from kubernetes_asyncio import client as k8s
 
-from spotguard.kube.client import KubeClient, KubeError, connect
+from spotguard import __version__
+from spotguard.kube.client import KubeClient, KubeError, connect, user_agent
 from spotguard.sim.cluster import ClusterEmulator
 from spotguard.sim.cluster_process import ClusterProcess
 
@@ -30,6 +31,25 @@ async def test_connects_from_a_plain_http_kubeconfig(
     await cluster.control.seed(NODE)
     node = await kube.request("GET", "/api/v1/nodes/n1")
     assert node["metadata"]["name"] == "n1"
+
+
+async def test_every_request_names_spotguard_and_its_command(cluster: ClusterProcess) -> None:
+    # Audit logs and APF flow schemas tell the agent from queue mode by this header.
+    await cluster.control.seed(NODE)
+    since = await cluster.control.mark()
+    queue = await connect(kubeconfig=str(cluster.kubeconfig), timeout=2, agent=user_agent("queue"))
+    try:
+        await queue.request("GET", "/api/v1/nodes/n1")
+        await queue.request(
+            "PATCH",
+            "/api/v1/nodes/n1",
+            body={"metadata": {"labels": {"a": "b"}}},
+            content_type="application/merge-patch+json",
+        )
+    finally:
+        await queue.close()
+    sent = {r["user_agent"] for r in await cluster.control.requests(since)}
+    assert sent == {f"spotguard/{__version__} (queue)"}
 
 
 async def test_kubeconfig_from_the_environment(

@@ -25,6 +25,7 @@ from kubernetes_asyncio import client as k8s
 from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.config.config_exception import ConfigException
 
+from spotguard import __version__
 from spotguard.errors import SpotguardError
 from spotguard.httpio import BodyTooLarge, read_capped
 
@@ -232,8 +233,18 @@ def _json_object(raw: bytes) -> JSON | None:
     return data if isinstance(data, dict) else None
 
 
-async def connect(*, kubeconfig: str | None, timeout: float) -> KubeClient:
-    """From ``kubeconfig`` (or ``$KUBECONFIG``), else the in-cluster service account."""
+def user_agent(command: str) -> str:
+    """``spotguard/<version> (<command>)``: API server audit logs and APF flow schemas can tell
+    the agent from queue mode (kubernetes-asyncio's default names only the library)."""
+    return f"spotguard/{__version__} ({command})"
+
+
+async def connect(
+    *, kubeconfig: str | None, timeout: float, agent: str = user_agent("client")
+) -> KubeClient:
+    """From ``kubeconfig`` (or ``$KUBECONFIG``), else the in-cluster service account.
+
+    ``agent`` is the User-Agent header of every request."""
     configuration = k8s.Configuration()
     path = kubeconfig or os.environ.get("KUBECONFIG")
     try:
@@ -247,4 +258,6 @@ async def connect(*, kubeconfig: str | None, timeout: float) -> KubeClient:
             )
     except (ConfigException, OSError) as exc:
         raise KubeError(0, f"no Kubernetes configuration: {exc}") from exc
-    return KubeClient(k8s.ApiClient(configuration), timeout=timeout)
+    api = k8s.ApiClient(configuration)
+    api.user_agent = agent
+    return KubeClient(api, timeout=timeout)
