@@ -2,20 +2,25 @@
 
 The e2e tests run ``spotguard run`` (the agent) and ``spotguard queue`` (queue mode) as child
 processes against ``spotguard simulate-cluster``, whose request log records every request as the
-apiserver's authorizer sees it (verb, API group, resource, subresource, namespace, name).
-``tests/e2e/conftest.py`` hooks two places for every e2e test:
+apiserver's authorizer sees it (verb, API group, resource, subresource, namespace, name). No
+patching is involved:
 
-- ``asyncio.create_subprocess_exec``: a ``python -m spotguard run|queue`` child is noted with the
-  ``KUBECONFIG`` it was given, which names the emulator it talks to: that is the identity
-  (ServiceAccount) each emulator's spotguard requests belong to;
-- ``ClusterProcess.stop``: before an emulator stops (after the test's spotguard processes have
-  stopped), its whole request log is read and spotguard's requests are kept here.
+- every emulator an e2e test starts (``tests/e2e/agent_harness.py``, ``test_queue_mode.stack``)
+  is given ``request_log=`` a path from ``RECORDER.request_log(tmp_path)``: a
+  ``*requests.jsonl`` file in the test's ``tmp_path``, which the emulator writes (whole log, JSON
+  lines, atomically) when it stops; the path is also noted as expected;
+- after the test (``tests/e2e/conftest.py``'s autouse fixture, torn down after the emulators
+  have stopped), ``RECORDER.collect_dir(tmp_path, ...)`` reads every ``*requests.jsonl`` there.
+  An expected file that is missing (the emulator was killed, or never got to write it) is an
+  error. A file written by an emulator started some other way is read too, but its absence
+  cannot be noticed.
 
-spotguard's own requests are told from the test's (the harness's ``HARNESS_UA`` reads, the
-tests' plain aiohttp calls standing in for the kubelet or an operator) by User-Agent:
-``spotguard/<version> (run|queue)`` (``spotguard.kube.client.user_agent``), which also names the
-identity. A request whose User-Agent names another identity than the process given that
-emulator's kubeconfig is reported as unattributed, so the two sources must agree.
+Each request is attributed by its User-Agent alone: spotguard sends ``spotguard/<version>
+(run|queue)`` (``spotguard.kube.client.user_agent``) on every request, which names the identity
+(ServiceAccount). A ``spotguard/...`` User-Agent naming another command is reported as
+unattributed; the tests' own requests (the harness's ``HARNESS_UA`` reads, the tests' plain
+aiohttp calls standing in for the kubelet or an operator) are skipped; any other User-Agent is
+reported as unknown.
 
 ``RECORDER`` lives for the pytest session; ``tests/deploy/test_rbac.py`` (run after the e2e tests,
 see ``tests/conftest.py``) compares it with ``deploy/``'s RBAC.
@@ -23,9 +28,9 @@ see ``tests/conftest.py``) compares it with ``deploy/``'s RBAC.
 
 from __future__ import annotations
 
-import os
+import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,14 +41,16 @@ __all__ = [
     "RECORDER",
     "Access",
     "Recorder",
+    "identity_of",
     "is_spotguard_client",
-    "spotguard_command",
 ]
 
 AGENT = "agent"  # spotguard run: ServiceAccount spotguard
 QUEUE = "queue"  # spotguard queue: ServiceAccount spotguard-queue
 #: spotguard subcommand -> identity (the other subcommands never talk to the API server)
 IDENTITIES = {"run": AGENT, "queue": QUEUE}
+#: How an emulator's request log file is named (``RECORDER.request_log``), and found.
+LOG_SUFFIX = "requests.jsonl"
 
 #: spotguard's User-Agent, ``spotguard/<version> (<command>)``.
 _CLIENT_UA = re.compile(r"^spotguard/\S+ \((?P<command>[a-z-]+)\)$")
@@ -60,15 +67,6 @@ def identity_of(user_agent: str) -> str | None:
     """The identity a spotguard User-Agent names (None: not ``run``/``queue``)."""
     match = _CLIENT_UA.match(user_agent)
     return IDENTITIES.get(match.group("command")) if match else None
-
-
-def spotguard_command(argv: Sequence[Any]) -> str | None:
-    """``run`` for ``<python> -m spotguard run ...`` (likewise any subcommand), else None."""
-    args = [str(a) for a in argv]
-    for i in range(len(args) - 2):
-        if args[i] == "-m" and args[i + 1] == "spotguard":
-            return args[i + 2]
-    return None
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -106,40 +104,69 @@ class Recorder:
     """Every spotguard request of the session's e2e tests, with who made it."""
 
     accesses: list[Access] = field(default_factory=list)
-    #: requests of a spotguard client on an emulator that no single identity talked to
+    #: requests with a spotguard User-Agent that names no identity (not ``run``/``queue``)
     unattributed: list[dict[str, Any]] = field(default_factory=list)
     #: User-Agents that are neither spotguard's client nor one of the tests' known ones
     unknown_agents: set[str] = field(default_factory=set)
-    #: emulator kubeconfig -> identities of the spotguard processes pointed at it
-    _clients: dict[str, set[str]] = field(default_factory=dict)
-    #: tests that stopped an emulator, in order
+    #: tests whose request logs were read, in order
     tests: list[str] = field(default_factory=list)
-    #: request logs that could not be read
+    #: request logs that are missing or could not be read
     errors: list[str] = field(default_factory=list)
+    #: request log paths given out (``request_log``), and those of emulators that started
+    _given: set[Path] = field(default_factory=set)
+    _expected: set[Path] = field(default_factory=set)
 
-    def note_spawn(self, argv: Sequence[Any], env: Mapping[str, str] | None) -> None:
-        """A child process is about to start: remember which emulator a spotguard
-        ``run``/``queue`` was pointed at."""
-        identity = IDENTITIES.get(spotguard_command(argv) or "")
-        kubeconfig = (os.environ if env is None else env).get("KUBECONFIG")
-        if identity is None or not kubeconfig:
-            return
-        self._clients.setdefault(_key(kubeconfig), set()).add(identity)
+    def request_log(self, directory: Path, name: str = "emulator") -> Path:
+        """Where an emulator started in ``directory`` (a test's ``tmp_path``) should write its
+        request log: ``<name>-requests.jsonl``, numbered if already given out or present."""
+        path = directory / f"{name}-{LOG_SUFFIX}"
+        n = 1
+        while path in self._given or path.exists():
+            n += 1
+            path = directory / f"{name}-{n}-{LOG_SUFFIX}"
+        self._given.add(path)
+        return path
+
+    def expect(self, path: Path) -> None:
+        """An emulator given ``request_log=path`` has started: it must write the file as it
+        stops, and its absence after the test is an error."""
+        self._expected.add(path)
+
+    def collect_dir(self, directory: Path, *, test: str, own_agents: Iterable[str] = ()) -> None:
+        """After a test: every request log file under ``directory`` (the test's ``tmp_path``)."""
+        own = list(own_agents)
+        expected = {p for p in self._expected if p.is_relative_to(directory)}
+        self._expected -= expected
+        self._given -= {p for p in self._given if p.is_relative_to(directory)}
+        found = set(directory.rglob(f"*{LOG_SUFFIX}"))
+        for path in sorted(expected - found):
+            self.errors.append(
+                f"{test}: the emulator's request log {path} was not written (did it stop "
+                "cleanly? it writes the file on SIGTERM, not when killed)"
+            )
+        for path in sorted(found):
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+                entries = [json.loads(line) for line in lines if line.strip()]
+            except (OSError, ValueError) as exc:
+                self.errors.append(f"{test}: could not read the request log {path}: {exc!r}")
+                continue
+            self.collect(entries, test=test, own_agents=own)
 
     def collect(
         self,
-        kubeconfig: Path | str,
         entries: Iterable[Mapping[str, Any]],
         *,
         test: str,
         own_agents: Iterable[str] = (),
     ) -> None:
-        """Keep spotguard's requests from one emulator's request log (read as it stops).
+        """Keep spotguard's requests from one emulator's request log, each attributed to the
+        identity its User-Agent names.
 
         ``own_agents``: the User-Agents of the test's own requests (not spotguard's)."""
-        identities = self._clients.pop(_key(kubeconfig), set())
         own = set(own_agents)
-        self.tests.append(test)
+        if test not in self.tests:
+            self.tests.append(test)
         for entry in entries:
             user_agent = str(entry.get("user_agent") or "")
             if not is_spotguard_client(user_agent):
@@ -147,8 +174,8 @@ class Recorder:
                     self.unknown_agents.add(f"{user_agent!r} ({test})")
                 continue
             identity = identity_of(user_agent)
-            if identity is None or identity not in identities:
-                self.unattributed.append({**entry, "test": test, "identities": sorted(identities)})
+            if identity is None:
+                self.unattributed.append({**entry, "test": test})
                 continue
             resource = entry.get("resource")
             subresource = entry.get("subresource")
@@ -212,10 +239,6 @@ class Recorder:
             if access.identity == AGENT and access.resource == "secrets" and access.answered:
                 found.add("checkpoint")
         return found
-
-
-def _key(kubeconfig: Path | str) -> str:
-    return str(Path(kubeconfig).resolve())
 
 
 def _is_plain_aiohttp(user_agent: str) -> bool:

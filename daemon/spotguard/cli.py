@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--kubeconfig", type=Path, required=True, help="write a kubeconfig for it here"
     )
     sim_cluster.add_argument("--scenario", default="empty", help="objects to start with")
+    sim_cluster.add_argument(
+        "--request-log",
+        type=Path,
+        metavar="FILE",
+        help="on shutdown, write the whole request log here as JSON lines (atomically)",
+    )
     sim_cluster.set_defaults(func=_sim("cluster"))
 
     sim_sb = sub.add_parser(

@@ -1,8 +1,10 @@
 """RBAC from behaviour: deploy/'s roles grant exactly what spotguard was seen to ask for.
 
 ``tests/rbac_recorder.py`` collects, during this session's end-to-end tests, every request the
-agent (``spotguard run``) and queue mode (``spotguard queue``) made to the emulated API server.
-These tests compare that with the RBAC files, for each ServiceAccount:
+agent (``spotguard run``) and queue mode (``spotguard queue``) made to the emulated API server,
+from the request log files the emulators write as they stop, each request attributed to its
+ServiceAccount by its User-Agent (``spotguard/<version> (run|queue)``). These tests compare that
+with the RBAC files, for each ServiceAccount:
 
 - the granted (verb, group, resource) pairs equal the recorded ones: nothing missing, nothing
   unused; no ``*`` anywhere, no nonResourceURLs;
@@ -196,10 +198,11 @@ def recorded() -> Recorder:
         "with tests/e2e in the same session (make test does: "
         ".venv/bin/python -m pytest tests/e2e tests/deploy/test_rbac.py)"
     )
-    assert not RECORDER.errors, "\n".join(RECORDER.errors)
+    assert not RECORDER.errors, "the recording is incomplete:\n" + "\n".join(RECORDER.errors)
     assert not RECORDER.unattributed, (
-        "spotguard requests whose User-Agent names another identity than the process given "
-        f"that emulator's kubeconfig: {RECORDER.unattributed[:5]}"
+        "requests with a spotguard User-Agent that names no identity with RBAC in deploy/ "
+        "(requests are attributed by User-Agent alone: spotguard/<version> (run|queue)): "
+        f"{RECORDER.unattributed[:5]}"
     )
     assert not RECORDER.unknown_agents, (
         "requests from clients that are neither spotguard's nor the tests' own: "

@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from spotguard.sim.child_process import child_env, free_port, spawn, stop_process
 from spotguard.sim.cluster_process import ClusterProcess
 from spotguard.sim.imds_process import ImdsControl, ImdsProcess
+from tests.rbac_recorder import RECORDER
 
 T = TypeVar("T")
 
@@ -570,17 +571,21 @@ async def agent_harness(
     """
     agent_indices = tuple(nodes if agents is None else agents)
     imds = ImdsProcess([vm_name(i) for i in nodes], env=child_env(), stderr=tmp_path / "imds.log")
+    # Its whole request log, written as it stops: the e2e tests' RBAC recording.
+    requests = RECORDER.request_log(tmp_path)
     process = ClusterProcess(
         kubeconfig=tmp_path / "kubeconfig",
         scenario=scenario,
         stderr=tmp_path / "emulator.log",
         env=child_env(),
+        request_log=requests,
     )
     harness: Harness | None = None
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(imds.stop, STOP_TIMEOUT)
         stack.push_async_callback(process.stop)
         await asyncio.gather(imds.start(START_TIMEOUT), process.start())
+        RECORDER.expect(requests)
         if seed:
             await process.control.seed(*seed)
         if emulator:

@@ -1,44 +1,28 @@
 """End-to-end tests: record spotguard's API requests for the exact-RBAC check.
 
-Every e2e test's emulated API servers hand their request logs to ``tests.rbac_recorder`` as they
-stop; ``tests/deploy/test_rbac.py`` (run last) compares what the agent and queue mode asked for
-with ``deploy/``'s RBAC. See ``tests/rbac_recorder.py``.
+Every emulated API server an e2e test starts writes its whole request log, as it stops, to a
+``*requests.jsonl`` file in the test's ``tmp_path`` (``request_log=`` from
+``RECORDER.request_log``; see ``agent_harness`` and ``test_queue_mode.stack``). After the test,
+``record_rbac`` hands those files to ``tests.rbac_recorder``; ``tests/deploy/test_rbac.py`` (run
+last) compares what the agent and queue mode asked for with ``deploy/``'s RBAC. See
+``tests/rbac_recorder.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from spotguard.sim.cluster_process import ClusterProcess
 from tests.e2e.agent_harness import HARNESS_UA
 from tests.rbac_recorder import RECORDER
 
 
 @pytest.fixture(autouse=True)
-def record_rbac(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    test = request.node.nodeid
-    real_exec = asyncio.create_subprocess_exec
-    real_stop = ClusterProcess.stop
-
-    # Which emulator each `spotguard run` / `spotguard queue` child talks to (its KUBECONFIG).
-    async def exec_noting(program: Any, *args: Any, **kwargs: Any) -> Any:
-        RECORDER.note_spawn((program, *args), kwargs.get("env"))
-        return await real_exec(program, *args, **kwargs)
-
-    # An emulator's whole request log, read just before it stops (after the test's spotguard
-    # processes have stopped: the harness and the tests stop them first).
-    async def stop_recording(self: ClusterProcess, timeout: float = 10.0) -> int:
-        if self.listening:
-            try:
-                entries = await self.control.requests()
-            except Exception as exc:  # reported by test_rbac; the emulator must still stop
-                RECORDER.errors.append(f"{test}: could not read the request log: {exc!r}")
-            else:
-                RECORDER.collect(self.kubeconfig, entries, test=test, own_agents=[HARNESS_UA])
-        return await real_stop(self, timeout)
-
-    monkeypatch.setattr(asyncio, "create_subprocess_exec", exec_noting)
-    monkeypatch.setattr(ClusterProcess, "stop", stop_recording)
+def record_rbac(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """Reads the test's request logs after it. Autouse, so it is set up before the test's own
+    fixtures and torn down after them: every emulator has stopped (and written its file) by then,
+    whether the test body or one of its fixtures started it."""
+    yield
+    RECORDER.collect_dir(tmp_path, test=request.node.nodeid, own_agents=[HARNESS_UA])

@@ -31,7 +31,7 @@ from spotguard.sim.servicebus import ServiceBusBroker
 from spotguard.sinks.cloudevents import Origin
 from tests.integration.test_queue_notices import cloud_event, preempt_notice
 from tests.integration.test_queue_recovery import DOWN_AT, node
-from tests.rbac_recorder import is_spotguard_client
+from tests.rbac_recorder import RECORDER, is_spotguard_client
 
 DATA = Path(__file__).parents[1] / "data" / "eventgrid"
 PREEMPTED = json.loads((DATA / "aks-spot-preempted-eventgrid.json").read_text())
@@ -104,10 +104,16 @@ async def stack(
     with ServiceBusBroker(
         queues=[QUEUE], topics={TOPIC: ["queue-mode", "audit"]}, lock_duration=5
     ) as broker:
+        # Its whole request log, written as it stops: the e2e tests' RBAC recording.
+        requests = RECORDER.request_log(tmp_path)
         cluster = ClusterProcess(
-            kubeconfig=tmp_path / "kubeconfig", stderr=tmp_path / "emulator.log", env=child_env()
+            kubeconfig=tmp_path / "kubeconfig",
+            stderr=tmp_path / "emulator.log",
+            env=child_env(),
+            request_log=requests,
         )
         async with cluster:
+            RECORDER.expect(requests)
             await cluster.control.seed(
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
                 node(NODE, ready=False, since=DOWN_AT),

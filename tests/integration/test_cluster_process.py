@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import aiohttp
@@ -66,6 +67,44 @@ async def test_kubeconfig_scenario_and_request_log(tmp_path: Path) -> None:
     assert patch["user_agent"].startswith("OpenAPI-Generator")
     assert patch["at"].endswith("Z")
     assert patch["t"] >= 0
+
+
+async def test_request_log_file_is_written_as_it_stops(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "emulator-requests.jsonl"
+    process = ClusterProcess(kubeconfig=tmp_path / "kc", scenario="spot-node", request_log=path)
+    agent = "rbac-probe/1.0"
+    async with process as cluster:
+        headers = {"User-Agent": agent}
+        async with aiohttp.ClientSession(headers=headers, trust_env=False) as http:
+            for url in (f"/api/v1/nodes/{NODE}", "/api/v1/namespaces/kubeflow/secrets/nope"):
+                async with http.get(cluster.url + url) as resp:
+                    await resp.read()
+        assert not path.exists()  # written when it stops, not before
+        served = await cluster.control.requests()
+        code = await process.stop()
+    assert code == 0
+    assert not path.with_name(path.name + ".tmp").exists()
+    written = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert written == served  # the same dicts as GET /_sim/requests
+    assert [
+        (r["verb"], r["resource"], r["name"], r["status"], r["user_agent"]) for r in written
+    ] == [
+        ("get", "nodes", NODE, 200, agent),
+        ("get", "secrets", "nope", 404, agent),
+    ]
+
+
+async def test_no_request_log_file_without_the_flag(tmp_path: Path) -> None:
+    process = ClusterProcess(kubeconfig=tmp_path / "kc")
+    async with (
+        process as cluster,
+        aiohttp.ClientSession(trust_env=False) as http,
+        http.get(cluster.url + "/api/v1/nodes") as resp,
+    ):
+        assert resp.status == 200
+    assert process.request_log is None
+    assert "--request-log" not in process._args()
+    assert sorted(os.listdir(tmp_path)) == ["kc"]  # only the kubeconfig
 
 
 async def test_scripted_faults_answer_without_changing_state(cluster: ClusterProcess) -> None:

@@ -448,7 +448,20 @@ async def serve(args: argparse.Namespace, scenario: Iterable[Mapping[str, Any]])
         log.info("stopping")
     finally:
         await emulator.stop()
+        # After stop: requests still in flight (watches, delayed answers) are logged by then.
+        if args.request_log is not None:
+            _write_request_log(emulator, args.request_log)
     return 0
+
+
+def _write_request_log(emulator: ClusterEmulator, path: Path) -> None:
+    log = get_logger(component="simulate-cluster")
+    try:
+        count = emulator.requests.write_jsonl(path)
+    except OSError as exc:
+        log.error("request_log_not_written", path=str(path), error=str(exc))
+    else:
+        log.info("request_log_written", path=str(path), requests=count)
 
 
 def main(args: argparse.Namespace) -> int:

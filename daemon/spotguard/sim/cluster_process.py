@@ -9,7 +9,9 @@ process under test, so it runs as ``spotguard simulate-cluster`` in its own proc
         ...  # point the code under test at cluster.url / cluster.kubeconfig
         log = await cluster.control.requests()
 
-``control`` speaks to the ``/_sim/`` endpoints (see ``cluster_control``).
+``control`` speaks to the ``/_sim/`` endpoints (see ``cluster_control``). With
+``request_log=path`` the emulator also writes its whole request log to ``path`` (JSON lines) when
+it stops cleanly.
 """
 
 from __future__ import annotations
@@ -92,10 +94,13 @@ class ClusterProcess(SimulatorProcess[ClusterControl]):
         env: Mapping[str, str] | None = None,
         stderr: Path | None = None,
         python: str = sys.executable,
+        request_log: Path | None = None,
     ) -> None:
         super().__init__(env=env, stderr=stderr, python=python)
         self.kubeconfig = kubeconfig
         self.scenario = scenario
+        #: where the emulator writes its whole request log (JSON lines) as it stops
+        self.request_log = request_log
         self._port = port
 
     @property
@@ -106,6 +111,7 @@ class ClusterProcess(SimulatorProcess[ClusterControl]):
         return [
             *("--port", str(self._port), "--kubeconfig", str(self.kubeconfig)),
             *("--scenario", self.scenario),
+            *(("--request-log", str(self.request_log)) if self.request_log else ()),
         ]
 
     def _connect(self) -> ClusterControl:

@@ -6,7 +6,10 @@ of a request never depends on how many came before.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 
@@ -70,6 +73,20 @@ class RequestLog:
 
     def clear(self) -> None:
         self._entries.clear()
+
+    def write_jsonl(self, path: Path) -> int:
+        """Write every entry, oldest first, as JSON lines (the dicts ``GET /_sim/requests``
+        returns) to ``path``, atomically: ``<path>.tmp``, then renamed. The number written."""
+        entries = self.since(0)
+        tmp = path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("w", encoding="utf-8") as out:
+            for entry in entries:
+                out.write(json.dumps(entry.as_dict(), separators=(",", ":")) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        return len(entries)
 
     def __len__(self) -> int:
         return len(self._entries)
