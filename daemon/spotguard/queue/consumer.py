@@ -27,16 +27,16 @@ import asyncio
 import contextlib
 import random
 from datetime import timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 
 from spotguard.clock import Clock
 from spotguard.kube.client import KubeError
 from spotguard.observability.metrics import Metrics
-from spotguard.queue.events import InvalidEvent, parse_message
+from spotguard.queue.events import FleetEvent, InvalidEvent, parse_message
 from spotguard.queue.leader import LeaderElector
-from spotguard.queue.notices import NoticeCounter, parse_notice
+from spotguard.queue.notices import NoticeCounter, NoticeMessage, parse_notice
 from spotguard.queue.recovery import Outcome, RecoveryHandler
 from spotguard.sinks.servicebus import Auth, make_client
 
@@ -51,6 +51,9 @@ RECONNECT_MAX = 15.0
 MAX_AGE = timedelta(hours=1)
 DEFAULT_RETRY = 30.0
 
+#: What a consumer reads a message into.
+T = TypeVar("T")
+
 
 def _raise_if_stopping() -> None:
     """Stop when this task was asked to, even if the request got lost on the way: in Python 3.11
@@ -62,20 +65,29 @@ def _raise_if_stopping() -> None:
         raise asyncio.CancelledError
 
 
-class LeaderConsumer:
+class LeaderConsumer(Generic[T]):
     """Receive from one queue or subscription while this replica leads (PEEK_LOCK, no prefetch:
-    a message it holds is a message a standby cannot take over); ``_handle`` settles each."""
+    a message it holds is a message a standby cannot take over) and settle each message:
+    dead-lettered when ``_parse`` cannot read it, abandoned (redelivered) when ``_process``
+    meets an API server error, completed otherwise."""
+
+    #: Log events of an unreadable and of an abandoned message; the dead-letter reason.
+    _invalid_event = "queue_message_invalid"
+    _abandoned_event = "queue_message_abandoned"
+    _invalid_reason = "InvalidEvent"
 
     def __init__(
         self,
         *,
         auth: Auth,
         leader: LeaderElector,
+        metrics: Metrics,
         log: Logger,
         rng: random.Random | None = None,
     ) -> None:
         self._auth = auth
         self._leader = leader
+        self._metrics = metrics
         self._log = log
         self._rng = rng or random.Random()
 
@@ -108,8 +120,40 @@ class LeaderConsumer:
         """A sender to open beside it, or None."""
         return None
 
-    async def _handle(self, receiver: Any, sender: Any, message: Any) -> None:
+    def _parse(self, body: bytes, message: Any) -> T:
+        """The message read; ``InvalidEvent`` if it cannot be (it would never get better)."""
         raise NotImplementedError
+
+    def _log_fields(self, item: T) -> dict[str, Any]:
+        """What to bind to the message's log lines once it is read."""
+        return {}
+
+    async def _process(self, item: T, body: bytes, message: Any, sender: Any, log: Logger) -> None:
+        """Act on it; ``KubeError`` abandons the message (redelivered, handled again)."""
+        raise NotImplementedError
+
+    async def _handle(self, receiver: Any, sender: Any, message: Any) -> None:
+        log = self._log.bind(message_id=str(message.message_id), deliveries=message.delivery_count)
+        body = b"".join(message.body)
+        try:
+            item = self._parse(body, message)
+        except InvalidEvent as exc:
+            log.warning(self._invalid_event, reason=exc.reason)
+            await receiver.dead_letter_message(
+                message, reason=self._invalid_reason, error_description=exc.reason[:1024]
+            )
+            self._metrics.queue_message("dead_lettered")
+            return
+        log = log.bind(**self._log_fields(item))
+        try:
+            await self._process(item, body, message, sender, log)
+        except KubeError as exc:
+            log.warning(self._abandoned_event, error=str(exc))
+            await receiver.abandon_message(message)
+            self._metrics.queue_message("abandoned")
+            return
+        await receiver.complete_message(message)
+        self._metrics.queue_message("completed")
 
     async def _consume(self, term: int) -> None:
         client, credential = make_client(self._auth)
@@ -135,7 +179,7 @@ class LeaderConsumer:
                     await credential.close()
 
 
-class QueueConsumer(LeaderConsumer):
+class QueueConsumer(LeaderConsumer[FleetEvent]):
     """Event Grid events from ``queue`` → ``RecoveryHandler``."""
 
     def __init__(
@@ -151,10 +195,11 @@ class QueueConsumer(LeaderConsumer):
         max_age: timedelta = MAX_AGE,
         rng: random.Random | None = None,
     ) -> None:
-        super().__init__(auth=auth, leader=leader, log=log.bind(queue=queue), rng=rng)
+        super().__init__(
+            auth=auth, leader=leader, metrics=metrics, log=log.bind(queue=queue), rng=rng
+        )
         self._queue = queue
         self._recovery = recovery
-        self._metrics = metrics
         self._clock = clock
         self._max_age = max_age
 
@@ -168,38 +213,28 @@ class QueueConsumer(LeaderConsumer):
     def _sender(self, client: Any) -> Any:
         return client.get_queue_sender(self._queue)
 
-    async def _handle(self, receiver: Any, sender: Any, message: Any) -> None:
-        log = self._log.bind(message_id=str(message.message_id), deliveries=message.delivery_count)
-        body = b"".join(message.body)
-        try:
-            event = parse_message(
-                body,
-                content_type=message.content_type,
-                application_properties=message.application_properties,
-            )
-        except InvalidEvent as exc:
-            log.warning("queue_message_invalid", reason=exc.reason)
-            await receiver.dead_letter_message(
-                message, reason="InvalidEvent", error_description=exc.reason[:1024]
-            )
-            self._metrics.queue_message("dead_lettered")
+    def _parse(self, body: bytes, message: Any) -> FleetEvent:
+        return parse_message(
+            body,
+            content_type=message.content_type,
+            application_properties=message.application_properties,
+        )
+
+    def _log_fields(self, item: FleetEvent) -> dict[str, Any]:
+        return {"event_id": item.event_id}
+
+    async def _process(
+        self, item: FleetEvent, body: bytes, message: Any, sender: Any, log: Logger
+    ) -> None:
+        result = await self._recovery.handle(item)
+        if result.outcome is not Outcome.NOT_READY_YET:
             return
-        try:
-            result = await self._recovery.handle(event)
-        except KubeError as exc:
-            log.warning("queue_message_abandoned", error=str(exc), event_id=event.event_id)
-            await receiver.abandon_message(message)
-            self._metrics.queue_message("abandoned")
-            return
-        if result.outcome is Outcome.NOT_READY_YET:
-            if self._clock.now() - event.occurred_at < self._max_age:
-                delay = result.retry_after or DEFAULT_RETRY
-                await self._later(sender, message, body, delay)
-                log.info("queue_message_rescheduled", event_id=event.event_id, seconds=delay)
-            else:
-                log.warning("queue_message_expired", event_id=event.event_id, node=result.node)
-        await receiver.complete_message(message)
-        self._metrics.queue_message("completed")
+        if self._clock.now() - item.occurred_at < self._max_age:
+            delay = result.retry_after or DEFAULT_RETRY
+            await self._later(sender, message, body, delay)
+            log.info("queue_message_rescheduled", seconds=delay)
+        else:
+            log.warning("queue_message_expired", node=result.node)
 
     async def _later(self, sender: Any, message: Any, body: bytes, delay: float) -> None:
         """The same message again in ``delay`` seconds (Service Bus scheduled delivery)."""
@@ -216,9 +251,13 @@ class QueueConsumer(LeaderConsumer):
         await sender.schedule_messages(copy, when, timeout=SETTLE_TIMEOUT)
 
 
-class NoticeConsumer(LeaderConsumer):
+class NoticeConsumer(LeaderConsumer[NoticeMessage]):
     """Agents' notices from queue mode's subscription ``<topic>/<subscription>`` → the fleet
     count (``NoticeCounter``)."""
+
+    _invalid_event = "notice_message_invalid"
+    _abandoned_event = "notice_message_abandoned"
+    _invalid_reason = "InvalidNotice"
 
     def __init__(
         self,
@@ -237,13 +276,13 @@ class NoticeConsumer(LeaderConsumer):
         super().__init__(
             auth=auth,
             leader=leader,
+            metrics=metrics,
             log=log.bind(subscription=subscription),
             rng=rng,
         )
         self._topic = topic
         self._subscription = name
         self._counter = counter
-        self._metrics = metrics
 
     def _receiver(self, client: Any) -> Any:
         from azure.servicebus import ServiceBusReceiveMode
@@ -255,27 +294,14 @@ class NoticeConsumer(LeaderConsumer):
             prefetch_count=0,
         )
 
-    async def _handle(self, receiver: Any, sender: Any, message: Any) -> None:
-        log = self._log.bind(message_id=str(message.message_id), deliveries=message.delivery_count)
-        try:
-            notice = parse_notice(
-                b"".join(message.body),
-                content_type=message.content_type,
-                application_properties=message.application_properties,
-            )
-        except InvalidEvent as exc:
-            log.warning("notice_message_invalid", reason=exc.reason)
-            await receiver.dead_letter_message(
-                message, reason="InvalidNotice", error_description=exc.reason[:1024]
-            )
-            self._metrics.queue_message("dead_lettered")
-            return
-        try:
-            await self._counter.handle(notice)
-        except KubeError as exc:
-            log.warning("notice_message_abandoned", error=str(exc))
-            await receiver.abandon_message(message)
-            self._metrics.queue_message("abandoned")
-            return
-        await receiver.complete_message(message)
-        self._metrics.queue_message("completed")
+    def _parse(self, body: bytes, message: Any) -> NoticeMessage:
+        return parse_notice(
+            body,
+            content_type=message.content_type,
+            application_properties=message.application_properties,
+        )
+
+    async def _process(
+        self, item: NoticeMessage, body: bytes, message: Any, sender: Any, log: Logger
+    ) -> None:
+        await self._counter.handle(item)
