@@ -31,6 +31,7 @@ from spotguard.sinks.cloudevents import (
     outcome_event,
 )
 from spotguard.sinks.servicebus import ConnectionStringAuth
+from tests import notices
 from tests.cluster_fixtures import wait_for
 from tests.integration.test_queue_consumer import (
     EVENT,
@@ -55,21 +56,7 @@ NOT_BEFORE = EVENT.occurred_at.replace(microsecond=0)
 
 def preempt_notice(**changes: Any) -> Notice:
     """The Preempt notice the node's agent saw 30 s before its VM was evicted."""
-    notice = Notice(
-        event_id="A123BC45-0000-4000-8000-000000000003",
-        kind=Kind.PREEMPT,
-        status=Status.SCHEDULED,
-        node=NODE,
-        vm_name=VM,
-        resources=(VM,),
-        not_before=NOT_BEFORE,
-        deadline=NOT_BEFORE - timedelta(seconds=2),
-        source=Source.IMDS,
-        description="Virtual machine is being preempted.",
-        duration_s=-1,
-        first_seen=NOT_BEFORE - timedelta(seconds=30),
-    )
-    return replace(notice, **changes)
+    return replace(notices.preempt_notice(node=NODE, vm=VM, not_before=NOT_BEFORE), **changes)
 
 
 def cloud_event(notice: Notice | None = None, origin: Origin = ORIGIN) -> CloudEvent:

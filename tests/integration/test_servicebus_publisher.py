@@ -16,7 +16,7 @@ from azure.servicebus.aio import ServiceBusClient
 from prometheus_client import CollectorRegistry
 
 from spotguard.errors import ConfigError
-from spotguard.model import Kind, Notice, Source, Status
+from spotguard.model import Notice
 from spotguard.observability.metrics import Metrics
 from spotguard.sim.child_process import free_port
 from spotguard.sim.servicebus import ServiceBusBroker
@@ -28,6 +28,7 @@ from spotguard.sinks.servicebus import (
     auth_from,
     make_client,
 )
+from tests.notices import preempt_notice
 
 QUEUE = "spotguard-notices"
 ORIGIN = Origin(cluster="aks-ml", node="aks-spot-12345678-vmss000003", nodepool="spot")
@@ -35,19 +36,11 @@ NOW = datetime(2026, 11, 28, 14, 0, 0, tzinfo=UTC)
 
 
 def notice() -> Notice:
-    return Notice(
-        event_id="A123BC45-0000-4000-8000-000000000001",
-        kind=Kind.PREEMPT,
-        status=Status.SCHEDULED,
+    return preempt_notice(
         node=ORIGIN.node,
-        vm_name="aks-spot-12345678-vmss_3",
-        resources=("aks-spot-12345678-vmss_3",),
+        vm="aks-spot-12345678-vmss_3",
         not_before=NOW + timedelta(seconds=30),
-        deadline=NOW + timedelta(seconds=28),
-        source=Source.IMDS,
-        description="Virtual machine is being preempted.",
-        duration_s=-1,
-        first_seen=NOW,
+        event_id="A123BC45-0000-4000-8000-000000000001",
     )
 
 

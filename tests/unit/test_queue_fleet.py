@@ -26,6 +26,7 @@ from spotguard.queue.fleet import (
 from spotguard.queue.fleet import Source as Reporter
 from spotguard.queue.notices import parse_notice
 from spotguard.sinks.cloudevents import CONTENT_TYPE, Origin, Phase, notice_event, outcome_event
+from tests.notices import preempt_notice
 
 EVICTED = datetime(2026, 11, 28, 14, 0, 31, 512000, tzinfo=UTC)
 NOW = EVICTED + timedelta(minutes=3)
@@ -140,21 +141,7 @@ def test_the_ledger_round_trips_and_unreadable_parts_are_skipped() -> None:
 
 
 def notice(**changes: Any) -> Notice:
-    base = Notice(
-        event_id="A123BC45-0000-4000-8000-000000000003",
-        kind=Kind.PREEMPT,
-        status=Status.SCHEDULED,
-        node=NODE,
-        vm_name=VM,
-        resources=(VM,),
-        not_before=EVICTED,
-        deadline=EVICTED - timedelta(seconds=2),
-        source=Source.IMDS,
-        description="Virtual machine is being preempted.",
-        duration_s=-1,
-        first_seen=EVICTED - timedelta(seconds=30),
-    )
-    return replace(base, **changes)
+    return replace(preempt_notice(node=NODE, vm=VM, not_before=EVICTED), **changes)
 
 
 def parse(event: Any, properties: dict[str, str] | None = None) -> Any:
